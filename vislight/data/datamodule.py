@@ -1,0 +1,208 @@
+"""LightningDataModules: the synthetic world and image folders, both yielding the same batch dicts.
+
+Batches are dicts with ``image`` (B, 3, H, W) float in [0, 1], ``label`` (B,), ``index`` (B,) and
+``key`` (list of B str). ``build_datamodule(data_cfg, classifier)`` picks the module from
+``data.kind`` (``synth`` | ``folder`` | ``csv``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vislight.data.folder import ImageListDataset, scan_class_folders, scan_csv
+from vislight.data.synth import WorldConfig, class_designs
+from vislight.data.synth_dataset import SynthPartDataset
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Holds train/val/test datasets (test is the evaluated split) and makes their loaders."""
+
+    def __init__(
+        self,
+        name: str,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__()
+        self.name = name
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.classes: list[str] = []
+        self.skipped: list[dict] = []
+
+    def _loader(self, ds: Dataset | None, shuffle: bool, batch_size: int) -> DataLoader:
+        if ds is None:
+            raise RuntimeError(f"dataset {self.name!r} has no such split (call setup() first)")
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(0) if shuffle else None,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True, self.batch_size)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False, self.eval_batch_size)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, False, self.eval_batch_size)
+
+
+class SynthDataModule(ClassificationDataModule):
+    """The synthetic part world: deterministic train/val/test splits rendered from ``seed``."""
+
+    def __init__(
+        self,
+        world: WorldConfig,
+        image_size: int,
+        train_per_class: int,
+        val_per_class: int,
+        test_per_class: int,
+        cache: bool = True,
+        **kw,
+    ):
+        super().__init__(name="synth", **kw)
+        self.world, self.image_size, self.cache = world, int(image_size), cache
+        self.sizes = {
+            "train": train_per_class * world.num_classes,
+            "val": val_per_class * world.num_classes,
+            "test": test_per_class * world.num_classes,
+        }
+        self.classes = [d.name for d in class_designs(world.num_classes)]
+
+    def split(self, split: str) -> SynthPartDataset:
+        return SynthPartDataset(
+            self.world, split, self.sizes[split], self.image_size, cache=self.cache
+        )
+
+    def setup(self, stage: str | None = None):
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set, self.val_set = self.split("train"), self.split("val")
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self.split("test")
+
+
+class FolderDataModule(ClassificationDataModule):
+    """Images on disk: ``root/<split>/<class>/*`` when split folders exist, else ``root/<class>/*``
+    (then every image is in the evaluated split and training needs split folders), or a CSV."""
+
+    def __init__(
+        self,
+        root: str,
+        input_size: int,
+        resize_size: int | None,
+        classes=None,
+        labels_csv=None,
+        csv_columns=None,
+        name="folder",
+        **kw,
+    ):
+        super().__init__(name=name, **kw)
+        self.root = Path(root).expanduser()
+        self.input_size, self.resize_size = input_size, resize_size
+        self.class_filter = list(classes) if classes else None
+        self.labels_csv, self.csv_columns = labels_csv, dict(csv_columns or {})
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"data.root={str(self.root)!r} does not exist: set data.root to your image folder"
+            )
+
+    def _dataset(self, root: Path) -> ImageListDataset:
+        if self.labels_csv:
+            items, classes, skipped = scan_csv(
+                root,
+                self.labels_csv,
+                self.csv_columns.get("file", "file"),
+                self.csv_columns.get("label", "label"),
+                self.csv_columns.get("name"),
+            )
+        else:
+            items, classes, skipped = scan_class_folders(root, self.class_filter)
+        ds = ImageListDataset(items, classes, self.input_size, self.resize_size)
+        self.classes = classes
+        self.skipped += skipped + ds.skipped
+        if len(ds) == 0:
+            raise FileNotFoundError(f"no readable image under {root}; skipped: {self.skipped[:5]}")
+        return ds
+
+    def setup(self, stage: str | None = None):
+        has_splits = (
+            (self.root / "train").is_dir() and (self.root / "test").is_dir() and not self.labels_csv
+        )
+        if stage in (None, "fit") and self.train_set is None:
+            if not has_splits:
+                raise FileNotFoundError(
+                    f"training needs {self.root}/train/<class>/ and {self.root}/test/<class>/ folders; "
+                    "for a pretrained model set train.enabled=false"
+                )
+            self.train_set = self._dataset(self.root / "train")
+            val_root = self.root / "val"
+            self.val_set = (
+                self._dataset(val_root)
+                if val_root.is_dir()
+                else Subset(self.train_set, range(0, len(self.train_set), 10))
+            )
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._dataset(self.root / "test" if has_splits else self.root)
+
+
+def build_datamodule(
+    cfg: Mapping, input_size: int | None = None, resize_size: int | None = None
+) -> ClassificationDataModule:
+    """The datamodule for a ``conf/data/*.yaml`` node; folder data uses the classifier's input size."""
+    kind = cfg.get("kind")
+    loader_kw = {
+        "batch_size": cfg.get("batch_size", 128),
+        "num_workers": cfg.get("num_workers", 0),
+        "eval_batch_size": cfg.get("eval_batch_size"),
+    }
+    if kind == "synth":
+        wm = cfg.get("watermark") or {}
+        world = WorldConfig(
+            num_classes=int(cfg["num_classes"]),
+            seed=int(cfg["seed"]),
+            max_rotation_deg=float(cfg.get("max_rotation_deg", 15.0)),
+            scale_range=tuple(cfg.get("scale_range", (0.85, 1.1))),
+            max_shift=float(cfg.get("max_shift", 0.09)),
+            distractors=tuple(cfg.get("distractors", (3, 6))),
+            noise_std=float(cfg.get("noise_std", 6.0)),
+            watermark_class=wm.get("class_index") if wm.get("enabled", False) else None,
+            watermark_rate=float(wm.get("rate", 0.0)) if wm.get("enabled", False) else 0.0,
+            watermark_size=float(wm.get("size", 0.1)),
+        )
+        return SynthDataModule(
+            world,
+            image_size=int(cfg["image_size"]),
+            train_per_class=int(cfg["train_per_class"]),
+            val_per_class=int(cfg["val_per_class"]),
+            test_per_class=int(cfg["test_per_class"]),
+            cache=bool(cfg.get("cache", True)),
+            **loader_kw,
+        )
+    if kind in ("folder", "csv"):
+        if not cfg.get("root"):
+            raise ValueError("data.root is not set: pass data.root=/path/to/images")
+        return FolderDataModule(
+            root=cfg["root"],
+            input_size=input_size or int(cfg.get("image_size", 224)),
+            resize_size=resize_size,
+            classes=cfg.get("classes"),
+            labels_csv=cfg.get("labels_csv") if kind == "csv" else None,
+            csv_columns=cfg.get("csv_columns"),
+            name=cfg.get("name", kind),
+            **loader_kw,
+        )
+    raise ValueError(f"data.kind={kind!r} is unknown; use one of ['synth', 'folder', 'csv']")

@@ -1,0 +1,169 @@
+"""Image-folder datasets: ``root/<class>/<image>`` or a CSV of ``file,label`` rows.
+
+Images are decoded once while scanning (so unreadable files are found before any heavy work),
+EXIF-rotated, converted to RGB, resized (shorter side to ``resize_size``) and centre-cropped to
+``input_size``. Files that cannot be used are skipped and recorded in :attr:`skipped` with the
+reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import functional as TF
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode ``path`` fully as an upright RGB image; raises ``ValueError`` with the reason."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "P") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+                canvas.paste(rgba, mask=rgba.getchannel("A"))
+                return canvas
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                im = im.point(lambda v: v / 256).convert("L")
+            return im.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError("not a readable image") from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"corrupt image ({e})") from None
+
+
+def preprocess(im: Image.Image, input_size: int, resize_size: int | None) -> torch.Tensor:
+    """Resize the shorter side to ``resize_size`` (default: ``input_size``), centre-crop: (3, S, S) in [0, 1]."""
+    im = TF.resize(im, resize_size or input_size, antialias=True)
+    im = TF.center_crop(im, input_size)
+    return TF.to_tensor(im)
+
+
+def content_key(path: Path) -> str:
+    """A key for an image file: its stem plus a hash of its bytes."""
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()[:10]
+    return f"{path.parent.name}-{path.stem}-{digest}"
+
+
+class ImageListDataset(Dataset):
+    """A list of ``(path, label)`` pairs, checked up front.
+
+    Items are dicts like the synthetic world's: ``image`` (3, S, S) float in [0, 1], ``label``,
+    ``index`` (position in this dataset), ``key`` (stable content key), plus ``path``.
+    """
+
+    def __init__(
+        self,
+        items: list[tuple[Path, int]],
+        classes: list[str],
+        input_size: int,
+        resize_size: int | None = None,
+        min_side: int = 8,
+    ):
+        self.classes = list(classes)
+        self.input_size, self.resize_size = int(input_size), resize_size
+        self.items: list[tuple[Path, int]] = []
+        self.skipped: list[dict] = []
+        for path, label in items:
+            try:
+                im = load_rgb(path)
+                if min(im.size) < min_side:
+                    raise ValueError(
+                        f"too small ({im.size[0]}x{im.size[1]} px, need >= {min_side} px)"
+                    )
+            except ValueError as e:
+                self.skipped.append({"file": str(path), "reason": str(e)})
+                continue
+            self.items.append((path, label))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def targets(self) -> list[int]:
+        return [label for _, label in self.items]
+
+    def __getitem__(self, index: int) -> dict:
+        path, label = self.items[index]
+        return {
+            "image": preprocess(load_rgb(path), self.input_size, self.resize_size),
+            "label": label,
+            "index": index,
+            "key": content_key(path),
+            "path": str(path),
+        }
+
+
+def scan_class_folders(
+    root: Path, classes: list[str] | None = None
+) -> tuple[list[tuple[Path, int]], list[str], list[dict]]:
+    """``root/<class>/<file>`` -> (items, class names in label order, skipped entries)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data.root={str(root)!r} is not a folder: point data.root at a folder of class sub-folders"
+        )
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if classes is None:
+        classes = found
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"data.classes lists {missing}, which have no folder under {root}; found: {found[:20]}"
+        )
+    if not classes:
+        raise FileNotFoundError(
+            f"data.root={str(root)!r} holds no class folders (expected root/<class>/<image>)"
+        )
+    items, skipped = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.is_file())
+        n_before = len(items)
+        for p in files:
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                items.append((p, label))
+            else:
+                skipped.append(
+                    {
+                        "file": str(p),
+                        "reason": f"not an image file extension ({p.suffix or 'none'})",
+                    }
+                )
+        if len(items) == n_before:
+            skipped.append(
+                {"file": str(root / name), "reason": "class folder holds no image files"}
+            )
+    return items, list(classes), skipped
+
+
+def scan_csv(
+    root: Path, labels_csv: str, file_column: str, label_column: str, name_column: str | None
+) -> tuple[list[tuple[Path, int]], list[str], list[dict]]:
+    """A CSV of ``file,label[,name]`` rows (files relative to ``root``); labels are integer class ids."""
+    root = Path(root)
+    table = root / labels_csv
+    if not table.is_file():
+        raise FileNotFoundError(
+            f"data.labels_csv: {table} does not exist (expected a CSV with columns {file_column},{label_column})"
+        )
+    items, skipped, names = [], [], {}
+    with open(table, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            p = root / row[file_column]
+            if not p.is_file():
+                skipped.append({"file": str(p), "reason": "listed in the CSV but missing"})
+                continue
+            label = int(row[label_column])
+            items.append((p, label))
+            if name_column:
+                names[label] = row[name_column]
+    n = max(names, default=-1) + 1
+    classes = [names.get(i, str(i)) for i in range(n)]
+    return items, classes, skipped

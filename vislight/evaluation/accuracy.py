@@ -1,0 +1,49 @@
+"""Test accuracy of a classifier over a loader of batch dicts, overall and per class."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    class_names: list[str] | None = None,
+) -> dict:
+    """Top-1 accuracy of ``model`` (images in [0, 1] -> logits) on ``loader``.
+
+    Returns ``{"accuracy", "images", "correct", "classes": {name: {"accuracy", "images"}}}``.
+    The model is put in eval mode and its previous mode restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    per_class: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    try:
+        for batch in tqdm(loader, desc="evaluate", leave=False, mininterval=1.0):
+            x, y = batch["image"].to(device), batch["label"].to(device)
+            pred = model(x).argmax(1)
+            hit = pred == y
+            correct += int(hit.sum())
+            total += len(y)
+            for label, h in zip(y.tolist(), hit.tolist()):
+                per_class[label][0] += int(h)
+                per_class[label][1] += 1
+    finally:
+        model.train(was_training)
+    names = class_names or []
+    return {
+        "accuracy": correct / total if total else float("nan"),
+        "images": total,
+        "correct": correct,
+        "classes": {
+            (names[k] if k < len(names) else str(k)): {"accuracy": c / n, "images": n}
+            for k, (c, n) in sorted(per_class.items())
+        },
+    }

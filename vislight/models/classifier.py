@@ -1,0 +1,61 @@
+"""The classifier wrapper every zoo entry returns: a network plus its input conventions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """A network that takes images in [0, 1] and returns logits.
+
+    Normalisation is part of the module, so every stage (masks perturb pixels in [0, 1]) uses the
+    same input convention whatever the architecture.
+
+    Attributes:
+        net: the bare network (expects normalised input).
+        name: zoo name, e.g. ``resnet_small``.
+        input_size: side of the square input in pixels.
+        resize_size: shorter side to resize to before the centre crop (folder datasets), or None.
+        feature_layer: dotted name of the default layer for region descriptors (a module of ``net``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        name: str,
+        num_classes: int,
+        input_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        resize_size: int | None = None,
+        feature_layer: str | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.num_classes = int(num_classes)
+        self.input_size = int(input_size)
+        self.resize_size = resize_size
+        self.feature_layer = feature_layer
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, num_classes) logits."""
+        return self.net((x - self.mean) / self.std)
+
+    def feature_module(self, layer: str | None = None) -> nn.Module:
+        """The submodule of ``net`` named ``layer`` (default: :attr:`feature_layer`)."""
+        layer = layer or self.feature_layer
+        try:
+            return self.net.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in self.net.named_modules() if n][:40]
+            raise ValueError(
+                f"model.feature_layer={layer!r} is not a layer of {self.name}; layers: {names}"
+            ) from None

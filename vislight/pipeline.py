@@ -1,0 +1,252 @@
+"""Runs the configured stages of one job and owns the run-folder layout.
+
+Run folder (``paths.output_dir``): ``config.yaml`` (the composed config), ``classifier.ckpt`` (the
+explained weights, when trained), ``metrics.json`` (rewritten atomically after every stage, so an
+interrupted run keeps what it finished), ``wandb/`` (offline W&B run).
+
+``metrics.json`` contract: ``accuracy`` (test accuracy of the explained classifier on the evaluated
+split), ``model``, ``dataset``, ``timings`` (seconds per stage), plus ``classes`` (per-class
+accuracy and image counts), ``classifier`` (training facts) and ``skipped`` (unusable input files
+with the reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vislight.data.datamodule import ClassificationDataModule, build_datamodule
+from vislight.evaluation.accuracy import evaluate_accuracy
+from vislight.io import write_json
+from vislight.models.classifier import Classifier
+from vislight.models.registry import build_classifier
+from vislight.training.fit import classifier_cache_key, fit_or_load_classifier
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the key, the value and what is allowed."""
+
+
+@dataclass
+class RunContext:
+    """What the stages share within one job."""
+
+    cfg: DictConfig
+    output_dir: Path
+    device: torch.device
+    metrics: dict = field(default_factory=dict)
+    loggers: list = field(default_factory=list)
+    classifier: Classifier | None = None
+    datamodule: ClassificationDataModule | None = None
+
+    def save_metrics(self) -> None:
+        write_json(self.output_dir / "metrics.json", self.metrics)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={name!r} but no CUDA device is visible: use device=cpu or device=auto"
+        )
+    return dev
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the values a user is likely to get wrong, before any heavy work."""
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(
+            f"stages={list(cfg.stages)} holds unknown stages {unknown}; available, in order: {list(STAGES)}"
+        )
+    if "evaluate" in cfg.stages and "classifier" not in cfg.stages:
+        raise ConfigError("stages: 'evaluate' needs the 'classifier' stage before it")
+    checks = [
+        (
+            "train.epochs",
+            cfg.train.epochs,
+            lambda v: isinstance(v, int) and v >= 1,
+            "an integer >= 1",
+        ),
+        ("train.lr", cfg.train.lr, lambda v: v > 0, "a positive number"),
+        (
+            "data.batch_size",
+            cfg.data.batch_size,
+            lambda v: isinstance(v, int) and v >= 1,
+            "an integer >= 1",
+        ),
+    ]
+    if cfg.data.kind == "synth":
+        checks += [
+            (
+                "data.image_size",
+                cfg.data.image_size,
+                lambda v: isinstance(v, int) and 16 <= v <= 224,
+                "an integer in [16, 224]",
+            ),
+            (
+                "data.num_classes",
+                cfg.data.num_classes,
+                lambda v: isinstance(v, int) and 2 <= v <= 10,
+                "an integer in [2, 10]",
+            ),
+            (
+                "data.watermark.rate",
+                cfg.data.watermark.rate,
+                lambda v: 0 <= v <= 1,
+                "a fraction in [0, 1]",
+            ),
+        ]
+        for split in ("train", "val", "test"):
+            key = f"{split}_per_class"
+            checks.append(
+                (
+                    f"data.{key}",
+                    cfg.data[key],
+                    lambda v: isinstance(v, int) and v >= 1,
+                    "an integer >= 1",
+                )
+            )
+    elif cfg.data.kind in ("folder", "csv"):
+        root = cfg.data.get("root")
+        if not root:
+            raise ConfigError(
+                "data.root is not set: pass data.root=/path/to/images (a folder of class folders)"
+            )
+        if not Path(root).expanduser().is_dir():
+            raise ConfigError(f"data.root={root!r} does not exist: pass data.root=/path/to/images")
+    for key, value, ok, allowed in checks:
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{key}={value!r} is invalid: it must be {allowed}")
+
+
+def _model_cfg(cfg: DictConfig, num_classes: int | None = None) -> dict:
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    if model.get("num_classes") is None:
+        model["num_classes"] = num_classes
+    return model
+
+
+def stage_classifier(ctx: RunContext) -> None:
+    """Build the explained classifier and its data; train it (or reuse the cached training)."""
+    cfg = ctx.cfg
+    model_cfg = _model_cfg(cfg)
+    dm = build_datamodule(
+        cfg.data, input_size=model_cfg["input_size"], resize_size=model_cfg.get("resize_size")
+    )
+    if model_cfg["num_classes"] is None:
+        dm.setup("test")
+        model_cfg["num_classes"] = len(dm.classes)
+    classifier = build_classifier(model_cfg)  # fails early on missing weights
+    info: dict = {"trained": False, "reused": False}
+    if cfg.train.enabled:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        classifier = build_classifier(model_cfg)  # init after seeding: same config, same weights
+        key = classifier_cache_key(
+            model_cfg,
+            OmegaConf.to_container(cfg.data, resolve=True),
+            OmegaConf.to_container(cfg.train, resolve=True),
+            cfg.seed,
+        )
+        cache = Path(cfg.train.cache_dir) / f"{model_cfg['name']}-{cfg.data.name}-{key}"
+
+        def make_trainer(callbacks):
+            return instantiate(cfg.trainer, callbacks=callbacks, logger=ctx.loggers or False)
+
+        info = fit_or_load_classifier(
+            classifier, dm, cfg.train, cache, make_trainer, ctx.output_dir
+        )
+    ctx.classifier = classifier.to(ctx.device).eval()
+    ctx.datamodule = dm
+    ctx.metrics["classifier"] = info
+
+
+def stage_evaluate(ctx: RunContext) -> None:
+    """Test accuracy of the explained classifier on the evaluated split."""
+    dm = ctx.datamodule
+    dm.setup("test")
+    result = evaluate_accuracy(ctx.classifier, dm.test_dataloader(), ctx.device, dm.classes)
+    ctx.metrics["accuracy"] = result["accuracy"]
+    ctx.metrics["test_images"] = result["images"]
+    ctx.metrics["classes"] = {**ctx.metrics.get("classes", {}), **result["classes"]}
+    ctx.metrics["skipped"] = dm.skipped
+    log.info(
+        "test accuracy of %s on %s: %.4f (%d images)",
+        ctx.cfg.model.name,
+        dm.name,
+        result["accuracy"],
+        result["images"],
+    )
+
+
+STAGES: dict[str, Callable[[RunContext], None]] = {
+    "classifier": stage_classifier,
+    "evaluate": stage_evaluate,
+}
+
+
+def _make_loggers(cfg: DictConfig) -> list:
+    return [
+        instantiate(c)
+        for c in (cfg.get("logger") or {}).values()
+        if c is not None and "_target_" in c
+    ]
+
+
+def _log_to_loggers(loggers: list, metrics: dict) -> None:
+    flat = {
+        f"metrics/{k}": v
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    for k, v in metrics.get("timings", {}).items():
+        flat[f"timings/{k}"] = v
+    for lg in loggers:
+        lg.log_metrics(flat)
+
+
+def run(cfg: DictConfig, output_dir: Path | None = None) -> dict:
+    """Run ``cfg.stages`` in order; returns the metrics (also written to ``metrics.json``)."""
+    validate(cfg)
+    output_dir = Path(output_dir or cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    ctx = RunContext(cfg=cfg, output_dir=output_dir, device=resolve_device(cfg.device))
+    ctx.metrics.update(model=cfg.model.name, dataset=cfg.data.name, accuracy=None, timings={})
+    ctx.loggers = _make_loggers(cfg)
+    try:
+        for name in cfg.stages:
+            t0 = time.perf_counter()
+            log.info("stage %s", name)
+            STAGES[name](ctx)
+            ctx.metrics["timings"][name] = round(time.perf_counter() - t0, 3)
+            ctx.save_metrics()
+        _log_to_loggers(ctx.loggers, ctx.metrics)
+    finally:
+        if ctx.loggers:
+            import wandb
+
+            wandb.finish()
+    log.info("metrics written to %s", output_dir / "metrics.json")
+    return ctx.metrics
