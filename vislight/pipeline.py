@@ -26,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from vislight.data.datamodule import ClassificationDataModule, build_datamodule
 from vislight.evaluation.accuracy import evaluate_accuracy
 from vislight.io import write_json
+from vislight.masks.optimize import MaskConfig
+from vislight.masks.stage import run_masks
 from vislight.models.classifier import Classifier
 from vislight.models.registry import build_classifier
 from vislight.training.fit import classifier_cache_key, fit_or_load_classifier
@@ -48,6 +50,9 @@ class RunContext:
     loggers: list = field(default_factory=list)
     classifier: Classifier | None = None
     datamodule: ClassificationDataModule | None = None
+    # Predicted and true labels of the evaluated split, by dataset index (set by `evaluate`).
+    predictions: list[int] | None = None
+    labels: list[int] | None = None
 
     def save_metrics(self) -> None:
         write_json(self.output_dir / "metrics.json", self.metrics)
@@ -76,8 +81,19 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"stages={list(cfg.stages)} holds unknown stages {unknown}; available, in order: {list(STAGES)}"
         )
-    if "evaluate" in cfg.stages and "classifier" not in cfg.stages:
-        raise ConfigError("stages: 'evaluate' needs the 'classifier' stage before it")
+    if cfg.stages and cfg.stages[0] != "classifier":
+        raise ConfigError(
+            f"stages={list(cfg.stages)} must start with 'classifier' (the other stages need the model)"
+        )
+    if "masks" in cfg.stages:
+        try:
+            MaskConfig.from_cfg(cfg.masks)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not (isinstance(cfg.masks.images_per_class, int) and cfg.masks.images_per_class >= 1):
+            raise ConfigError(
+                f"masks.images_per_class={cfg.masks.images_per_class!r} is invalid: it must be an integer >= 1"
+            )
     checks = [
         (
             "train.epochs",
@@ -191,6 +207,7 @@ def stage_evaluate(ctx: RunContext) -> None:
     ctx.metrics["test_images"] = result["images"]
     ctx.metrics["classes"] = {**ctx.metrics.get("classes", {}), **result["classes"]}
     ctx.metrics["skipped"] = dm.skipped
+    ctx.predictions, ctx.labels = result["predictions"], result["labels"]
     log.info(
         "test accuracy of %s on %s: %.4f (%d images)",
         ctx.cfg.model.name,
@@ -200,9 +217,40 @@ def stage_evaluate(ctx: RunContext) -> None:
     )
 
 
+def stage_masks(ctx: RunContext) -> None:
+    """Crisp masks of the correctly classified images of each class (cached, resumable)."""
+    if ctx.predictions is None:
+        stage_evaluate(ctx)
+    dm = ctx.datamodule
+    section = run_masks(
+        ctx.classifier,
+        dm.test_set,
+        ctx.labels,
+        ctx.predictions,
+        dm.classes,
+        ctx.cfg.masks,
+        ctx.cfg.trainer,
+        ctx.output_dir,
+    )
+    section.pop("files")
+    per_class = section.pop("per_class")
+    ctx.metrics["mask"] = section
+    for name, values in per_class.items():
+        ctx.metrics.setdefault("classes", {}).setdefault(name, {}).update(values)
+    log.info(
+        "masks: %d masked (%d reused), mean drop %.3f, area %.3f, binarisation %.3f",
+        section["masked"],
+        section["reused"],
+        section["mean_drop"] or float("nan"),
+        section["mean_area"] or float("nan"),
+        section["binarization"] or float("nan"),
+    )
+
+
 STAGES: dict[str, Callable[[RunContext], None]] = {
     "classifier": stage_classifier,
     "evaluate": stage_evaluate,
+    "masks": stage_masks,
 }
 
 

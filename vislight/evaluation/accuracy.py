@@ -18,18 +18,22 @@ def evaluate_accuracy(
 ) -> dict:
     """Top-1 accuracy of ``model`` (images in [0, 1] -> logits) on ``loader``.
 
-    Returns ``{"accuracy", "images", "correct", "classes": {name: {"accuracy", "images"}}}``.
+    Returns ``{"accuracy", "images", "correct", "classes": {name: {"accuracy", "images"}},
+    "predictions", "labels"}`` (the last two: lists ordered by the batches' ``index``).
     The model is put in eval mode and its previous mode restored afterwards.
     """
     was_training = model.training
     model.eval()
     correct = total = 0
     per_class: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    by_index: dict[int, tuple[int, int]] = {}
     try:
         for batch in tqdm(loader, desc="evaluate", leave=False, mininterval=1.0):
             x, y = batch["image"].to(device), batch["label"].to(device)
             pred = model(x).argmax(1)
             hit = pred == y
+            for i, p, t in zip(batch["index"].tolist(), pred.tolist(), y.tolist()):
+                by_index[i] = (p, t)
             correct += int(hit.sum())
             total += len(y)
             for label, h in zip(y.tolist(), hit.tolist()):
@@ -46,4 +50,6 @@ def evaluate_accuracy(
             (names[k] if k < len(names) else str(k)): {"accuracy": c / n, "images": n}
             for k, (c, n) in sorted(per_class.items())
         },
+        "predictions": [by_index[i][0] for i in sorted(by_index)],
+        "labels": [by_index[i][1] for i in sorted(by_index)],
     }

@@ -93,12 +93,17 @@ class BasicBlock(nn.Module):
 
 
 class ResNetSmall(nn.Module):
-    """A ResNet for small images: stem conv, three stages (w, 2w, 4w) of ``blocks`` basic blocks."""
+    """A ResNet for small images: stride-2 stem conv, three stages (w, 2w, 4w) of ``blocks`` basic blocks.
+
+    The stride-2 stem keeps it cheap enough for hundreds of mask iterations per image on a CPU.
+    """
+
+    version = 2  # bump when the architecture changes: cached trainings are keyed by it
 
     def __init__(self, num_classes: int, width: int = 24, blocks: int = 1):
         super().__init__()
         w = width
-        self.stem = nn.Sequential(*_conv_bn(3, w))
+        self.stem = nn.Sequential(*_conv_bn(3, w, stride=2))
         self.layer1 = nn.Sequential(*[BasicBlock(w, w, 1) for _ in range(blocks)])
         self.layer2 = nn.Sequential(
             BasicBlock(w, 2 * w, 2), *[BasicBlock(2 * w, 2 * w, 1) for _ in range(blocks - 1)]

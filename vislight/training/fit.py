@@ -17,6 +17,7 @@ from vislight.data.datamodule import ClassificationDataModule
 from vislight.io import save_torch, write_json
 from vislight.models.classifier import Classifier
 from vislight.models.registry import load_state_dict_file
+from vislight.models.small_cnns import SMALL_CNNS
 from vislight.training.module import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def classifier_cache_key(
         "data": {k: v for k, v in data_cfg.items() if k not in _DATA_KEYS_IGNORED},
         "train": {k: v for k, v in train_cfg.items() if k not in _TRAIN_KEYS_IGNORED},
         "seed": seed,
+        # Architecture revisions invalidate cached trainings of the same config.
+        "arch_version": getattr(SMALL_CNNS.get(model_cfg.get("arch")), "version", 1),
         "version": 1,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[

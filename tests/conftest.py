@@ -1,0 +1,97 @@
+"""Shared fixtures: offline W&B, the ../shared folder, and Hydra composition of conf/."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+
+# Before anything imports wandb / Lightning loggers: never log anywhere from the tests.
+os.environ["WANDB_MODE"] = "disabled"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+import vislight  # noqa: E402
+
+# The suite runs many tiny convolutions; with 2 cores shared with other processes, OpenMP's
+# spinning threads make a multi-threaded step 10-20x slower than a single-threaded one.
+torch.set_num_threads(1)
+# Subprocesses (the CLI tests) inherit this.
+SUBPROCESS_ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+def shared_path() -> Path:
+    """Where the read-only real data and weights live (``../shared`` or ``$VISLIGHT_SHARED``)."""
+    env = os.environ.get("VISLIGHT_SHARED")
+    return Path(env) if env else (vislight.PROJECT_ROOT.parent / "shared").resolve()
+
+
+def require_shared(*relative: str) -> Path:
+    """The shared folder (or a path inside it); skips the calling test when it is absent."""
+    root = shared_path()
+    path = root.joinpath(*relative)
+    if not path.exists():
+        pytest.skip(
+            f"../shared is absent: {path} not found (set VISLIGHT_SHARED to the shared folder)"
+        )
+    return root
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return require_shared()
+
+
+@cache
+def _compose_cached(overrides: tuple[str, ...]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(vislight.CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def compose_config(overrides: Sequence[str] = (), tmp: Path | None = None) -> DictConfig:
+    """The composed ``conf/config.yaml`` (composed once per overrides; each call gets a copy).
+
+    With ``tmp``, ``paths.output_dir`` and ``train.cache_dir`` point inside it, so that nothing
+    is written to the project tree.
+    """
+    cfg = copy.deepcopy(_compose_cached(tuple(overrides)))
+    if tmp is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp / "run")
+            cfg.train.cache_dir = str(tmp / "cache")
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path) -> Callable[..., DictConfig]:
+    """``make_cfg(*overrides)``: a composed config writing under this test's tmp_path."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(overrides, tmp_path)
+
+    return make
+
+
+def small_cnn_cfg(arch: str = "resnet_small", num_classes: int = 6, input_size: int = 32, **kw):
+    """A ``conf/model`` node for a small CNN, without going through Hydra."""
+    return {
+        "name": arch,
+        "family": "small_cnn",
+        "arch": arch,
+        "width": kw.pop("width", None),
+        "num_classes": num_classes,
+        "input_size": input_size,
+        "resize_size": None,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "weights_path": None,
+        "trusted_checkpoint": False,
+        "pretrained": False,
+        "feature_layer": None,
+        **kw,
+    }

@@ -1,0 +1,305 @@
+"""Two-stage (smooth → sharp) optimisation of preservation masks for a batch of images.
+
+Images of a batch are optimised together but independently: per-image energies are summed, the
+model is frozen in eval mode and the optimiser (Adam) keeps per-image state, so an image's mask does
+not depend on the batch it was in. See ``../shared/DESIGN.md`` §2 and ``conf/masks/default.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+
+from vislight.masks.energy import class_score, mask_energy
+from vislight.masks.perturbation import disc_init, gaussian_blur, perturb, scaled_blur
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One optimisation stage: Adam ``lr``, ``iterations`` and the energy weights."""
+
+    iterations: int
+    lr: float = 0.1
+    l1: float = 0.5
+    tv: float = 0.01
+    tv_beta: float = 3.0
+    binarize: float = 0.0
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """All mask hyperparameters (``conf/masks/default.yaml`` documents each)."""
+
+    smooth: StageConfig = field(default_factory=lambda: StageConfig(300, 0.1, 0.5, 0.01, 3.0, 0.0))
+    sharp: StageConfig = field(default_factory=lambda: StageConfig(150, 0.1, 0.01, 1.0, 3.0, 2.0))
+    blur_kernel: float = 11
+    blur_sigma: float = 10.0
+    reference_size: int = 224
+    downsample: int = 8
+    upsample_sigma: float = 5.0
+    early_stopping: bool = False
+    patience: int = 30
+    min_delta: float = 1e-4
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping) -> MaskConfig:
+        """From a ``masks`` config node; raises ValueError naming a bad key."""
+        kw = {}
+        for f in fields(cls):
+            if f.name in ("smooth", "sharp"):
+                st = dict(cfg[f.name])
+                kw[f.name] = StageConfig(
+                    **{k: st[k] for k in ("iterations", "lr", "l1", "tv", "tv_beta", "binarize")}
+                )
+            elif f.name in cfg:
+                kw[f.name] = cfg[f.name]
+        es = cfg.get("early_stopping") or {}
+        if isinstance(es, Mapping):
+            kw.update(
+                early_stopping=bool(es.get("enabled", False)),
+                patience=int(es.get("patience", 30)),
+                min_delta=float(es.get("min_delta", 1e-4)),
+            )
+        mc = cls(**kw)
+        mc.validate()
+        return mc
+
+    def validate(self) -> None:
+        for name in ("smooth", "sharp"):
+            st: StageConfig = getattr(self, name)
+            if not isinstance(st.iterations, int) or st.iterations < 0:
+                raise ValueError(
+                    f"masks.{name}.iterations={st.iterations!r} is invalid: it must be an integer >= 0"
+                )
+            if st.lr <= 0:
+                raise ValueError(f"masks.{name}.lr={st.lr!r} is invalid: it must be > 0")
+            for k in ("l1", "tv", "binarize"):
+                if getattr(st, k) < 0:
+                    raise ValueError(
+                        f"masks.{name}.{k}={getattr(st, k)!r} is invalid: it must be >= 0"
+                    )
+        if self.downsample < 1:
+            raise ValueError(
+                f"masks.downsample={self.downsample!r} is invalid: it must be an integer >= 1"
+            )
+        if self.blur_sigma <= 0 or self.blur_kernel < 1:
+            raise ValueError("masks.blur_sigma and masks.blur_kernel must be > 0")
+
+
+@dataclass
+class MaskResult:
+    """Masks and diagnostics of a batch; masks (B, 1, H, W) in [0, 1], diagnostics (B,)."""
+
+    smooth: torch.Tensor
+    sharp: torch.Tensor
+    p_x: torch.Tensor
+    p_masked: torch.Tensor
+    p_blurred: torch.Tensor
+    drop: torch.Tensor
+    normalized_score: torch.Tensor
+    area: torch.Tensor
+    binarization: torch.Tensor
+    iterations: torch.Tensor
+    energy: torch.Tensor
+
+    def diagnostics(self, i: int) -> dict[str, float]:
+        names = (
+            "p_x",
+            "p_masked",
+            "p_blurred",
+            "drop",
+            "normalized_score",
+            "area",
+            "binarization",
+            "iterations",
+            "energy",
+        )
+        return {n: float(getattr(self, n)[i]) for n in names}
+
+
+class _BatchAdam:
+    """Adam with per-image step counts, updating only the rows in ``idx`` (all rows when None)."""
+
+    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.p, self.lr, self.b1, self.b2, self.eps = param, lr, betas[0], betas[1], eps
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.t = torch.zeros(param.shape[0], device=param.device, dtype=param.dtype)
+
+    def step(self, grad: torch.Tensor, idx: torch.Tensor | None = None) -> None:
+        if idx is None:
+            p, m, v = self.p, self.m, self.v
+            self.t += 1
+            t = self.t
+        else:
+            p, m, v = self.p[idx], self.m[idx], self.v[idx]
+            self.t[idx] += 1
+            t = self.t[idx]
+        m.mul_(self.b1).add_(grad, alpha=1 - self.b1)
+        v.mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        c1 = (1 - self.b1**t).view(shape)
+        c2 = (1 - self.b2**t).view(shape)
+        p.addcdiv_(m / c1, (v / c2).sqrt_().add_(self.eps), value=-self.lr).clamp_(0.0, 1.0)
+        if idx is not None:
+            self.p[idx], self.m[idx], self.v[idx] = p, m, v
+
+
+def _reg_grad(mask: torch.Tensor, st: StageConfig) -> torch.Tensor:
+    """Analytic gradient of the regularisers (area, TV, binarisation) w.r.t. a mask in [0, 1].
+
+    Same value as autograd through :func:`~vislight.masks.energy.mask_energy` minus the score,
+    without building a graph (the regularisers are most of the non-network work per step).
+    """
+    _, _, h, w = mask.shape
+    grad = torch.full_like(mask, -st.l1 / (h * w))  # d/dm mean(1 - m), m in [0, 1]
+    if st.binarize:
+        grad.add_(1 - 2 * mask, alpha=st.binarize / (h * w))  # d/dm mean(m (1 - m))
+    if st.tv:
+        for dim, n in ((2, (h - 1) * w), (3, h * (w - 1))):
+            if mask.shape[dim] < 2:
+                continue
+            d = mask.diff(dim=dim)
+            g = d.abs().pow_(st.tv_beta - 1).mul_(d.sign()).mul_(st.tv * st.tv_beta / n)
+            grad.narrow(dim, 1, mask.shape[dim] - 1).add_(g)
+            grad.narrow(dim, 0, mask.shape[dim] - 1).sub_(g)
+    return grad
+
+
+def _run_stage(
+    model: torch.nn.Module,
+    blurred: torch.Tensor,
+    diff: torch.Tensor,
+    target: torch.Tensor,
+    param: torch.Tensor,
+    lift: tuple[torch.Tensor, torch.Tensor] | None,
+    st: StageConfig,
+    cfg: MaskConfig,
+    on_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Minimise the energy over ``param`` in place; returns iterations used per image (B,).
+
+    The mask is ``param`` itself, or ``Ay @ param @ Ax.T`` when ``lift = (Ay, Ax)`` (the smooth
+    stage's upsampling + blur as two small matrices). Only the network goes through autograd.
+    """
+    b = param.shape[0]
+    adam = _BatchAdam(param, st.lr)
+    used = torch.zeros(b, dtype=torch.long, device=param.device)
+    active = torch.ones(b, dtype=torch.bool, device=param.device)
+    best = torch.full((b,), math.inf, device=param.device)
+    stale = torch.zeros(b, dtype=torch.long, device=param.device)
+    for _ in range(st.iterations):
+        idx = None if bool(active.all()) else active.nonzero().squeeze(1)
+        if idx is not None and idx.numel() == 0:
+            break
+        p = param if idx is None else param[idx]
+        bs, ds, ts = (
+            (blurred, diff, target) if idx is None else (blurred[idx], diff[idx], target[idx])
+        )
+        mask = (lift[0] @ p @ lift[1].T if lift is not None else p).detach().requires_grad_(True)
+        score = class_score(model(bs + mask * ds), ts)
+        (grad,) = torch.autograd.grad(score.sum(), mask)
+        mask = mask.detach()
+        grad += _reg_grad(mask, st)
+        if lift is not None:
+            grad = lift[0].T @ grad @ lift[1]
+        adam.step(grad, idx)
+        used[active] += 1
+        if cfg.early_stopping:
+            e = mask_energy(score.detach(), mask, st.l1, st.tv, st.tv_beta, st.binarize)
+            rows = active.nonzero().squeeze(1)
+            improved = e < best[rows] - cfg.min_delta
+            best[rows] = torch.where(improved, e, best[rows])
+            stale[rows] = torch.where(improved, torch.zeros_like(stale[rows]), stale[rows] + 1)
+            active[rows] = stale[rows] < cfg.patience
+        if on_step is not None:
+            on_step()
+    return used
+
+
+def upsample_blur_matrix(n_in: int, n_out: int, sigma: float, device=None) -> torch.Tensor:
+    """(n_out, n_in) matrix of 1-D bilinear upsampling followed by a Gaussian blur (reflect padding).
+
+    Both are separable and linear, so the smooth mask ``blur(upsample(p))`` of a (h, w) parameter is
+    ``Ay @ p @ Ax.T`` with ``Ay = upsample_blur_matrix(h, H, ...)`` and ``Ax = ...(w, W, ...)``.
+    """
+    eye = torch.eye(n_in, device=device).view(n_in, 1, n_in, 1)
+    up = F.interpolate(
+        eye, size=(n_out, 1), mode="bilinear", align_corners=False
+    )  # (n_in, 1, n_out, 1)
+    if sigma > 0.3:
+        k = 2 * math.ceil(2 * sigma) + 1
+        up = gaussian_blur(up.transpose(2, 3).expand(n_in, 1, 2, n_out).contiguous(), k, sigma)[
+            :, :, :1, :
+        ].transpose(2, 3)
+    return up.view(n_in, n_out).T.contiguous()
+
+
+def optimize_masks(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    cfg: MaskConfig | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> MaskResult:
+    """Optimise a crisp preservation mask per image.
+
+    Args:
+        model: frozen classifier, images in [0, 1] -> logits (B, K); must be in eval mode.
+        x: (B, 3, H, W) images in [0, 1].
+        target: (B,) class whose score the mask must destroy (vislight uses the predicted class).
+        cfg: hyperparameters (defaults: the authors' values).
+        on_step: called after every optimisation step (progress reporting).
+
+    Returns:
+        :class:`MaskResult` with the smooth and sharp masks (B, 1, H, W) (1 = keep, 0 = salient)
+        and per-image diagnostics: ``p_x``, ``p_masked`` (sharp mask), ``p_blurred`` (whole image
+        blurred), ``drop`` = (p_x − p_masked) / p_x, ``normalized_score`` = (p_masked − p_blurred) /
+        (p_x − p_blurred) (1 = no effect, 0 = as destructive as blurring everything), ``area`` =
+        mean(m < 0.5), ``binarization`` = share of mask values outside (0.1, 0.9), ``iterations``.
+    """
+    cfg = cfg or MaskConfig()
+    torch.set_flush_denormal(True)  # denormal floats in saturated softmax gradients stall CPUs 10x
+    b, _, h, w = x.shape
+    x = x.detach()
+    k, sigma = scaled_blur(min(h, w), cfg.blur_kernel, cfg.blur_sigma, cfg.reference_size)
+    blurred = gaussian_blur(x, k, sigma)
+    diff = x - blurred
+    up_sigma = cfg.upsample_sigma * min(h, w) / cfg.reference_size
+    lh, lw = max(1, math.ceil(h / cfg.downsample)), max(1, math.ceil(w / cfg.downsample))
+    lift = (
+        upsample_blur_matrix(lh, h, up_sigma, x.device).to(x.dtype),
+        upsample_blur_matrix(lw, w, up_sigma, x.device).to(x.dtype),
+    )
+    low = disc_init(b, lh, lw, device=x.device).to(x.dtype)
+    used = _run_stage(model, blurred, diff, target, low, lift, cfg.smooth, cfg, on_step)
+    smooth = (lift[0] @ low @ lift[1].T).clamp_(0, 1)
+    sharp = smooth.clone()
+    used = used + _run_stage(model, blurred, diff, target, sharp, None, cfg.sharp, cfg, on_step)
+    with torch.no_grad():
+        p_x = class_score(model(x), target)
+        p_blurred = class_score(model(blurred), target)
+        p_masked = class_score(model(perturb(x, sharp, blurred)), target)
+        st = cfg.sharp
+        energy = mask_energy(p_masked, sharp, st.l1, st.tv, st.tv_beta, st.binarize)
+        denom = p_x - p_blurred
+        normalized = torch.where(
+            denom.abs() > 1e-6, (p_masked - p_blurred) / denom, torch.ones_like(denom)
+        )
+    return MaskResult(
+        smooth=smooth,
+        sharp=sharp,
+        p_x=p_x,
+        p_masked=p_masked,
+        p_blurred=p_blurred,
+        drop=(p_x - p_masked) / p_x.clamp_min(1e-12),
+        normalized_score=normalized,
+        area=(sharp < 0.5).flatten(1).float().mean(1),
+        binarization=((sharp <= 0.1) | (sharp >= 0.9)).flatten(1).float().mean(1),
+        iterations=used,
+        energy=energy,
+    )

@@ -1,0 +1,220 @@
+"""The ``masks`` stage: pick the correctly classified images of each class, optimise their masks
+through :class:`~vislight.masks.module.MaskModule` (skipping cached ones) and aggregate diagnostics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from scipy.ndimage import distance_transform_edt
+from torch.utils.data import DataLoader, Dataset
+
+from vislight.data.synth import PART_ID
+from vislight.masks.cache import MaskCache, config_fingerprint, model_fingerprint
+from vislight.masks.module import MaskModule
+from vislight.masks.optimize import MaskConfig
+
+log = logging.getLogger(__name__)
+
+
+class MaskJobDataset(Dataset):
+    """Items of ``base`` at ``indices`` with their mask ``target`` and ``class_name`` added."""
+
+    def __init__(
+        self,
+        base: Dataset,
+        indices: Sequence[int],
+        targets: Sequence[int],
+        class_names: Sequence[str],
+    ):
+        self.base, self.indices, self.targets, self.class_names = (
+            base,
+            list(indices),
+            list(targets),
+            list(class_names),
+        )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> dict:
+        item = dict(self.base[self.indices[j]])
+        item.pop("path", None)
+        item["target"] = self.targets[j]
+        item["class_name"] = self.class_names[j]
+        return item
+
+
+def select_images(
+    labels: Sequence[int],
+    predictions: Sequence[int],
+    class_names: Sequence[str],
+    classes: Sequence[str] | None,
+    per_class: int,
+) -> tuple[dict[str, list[int]], list[dict]]:
+    """Up to ``per_class`` correctly classified indices per class, in dataset order.
+
+    Misclassified images met on the way are returned as skipped entries with the reason.
+    """
+    wanted = list(classes) if classes else list(dict.fromkeys(class_names[y] for y in labels))
+    unknown = [c for c in wanted if c not in class_names]
+    if unknown:
+        raise ValueError(
+            f"masks.classes lists {unknown}, not classes of this dataset; known: {list(class_names)[:20]}"
+        )
+    chosen: dict[str, list[int]] = {c: [] for c in wanted}
+    skipped = []
+    for i, (y, p) in enumerate(zip(labels, predictions)):
+        name = class_names[y]
+        if name not in chosen or len(chosen[name]) >= per_class:
+            continue
+        if p == y:
+            chosen[name].append(i)
+        else:
+            pred = class_names[p] if p < len(class_names) else str(p)
+            skipped.append(
+                {"index": i, "class": name, "reason": f"misclassified (predicted {pred})"}
+            )
+    return chosen, skipped
+
+
+def near_part_share(salient: np.ndarray, part_labels: np.ndarray, radius: float = 3.0) -> float:
+    """Share of salient pixels within ``radius`` px of an object part (watermark excluded); NaN if none."""
+    if not salient.any():
+        return float("nan")
+    parts = (part_labels > 0) & (part_labels != PART_ID["watermark"])
+    if not parts.any():
+        return 0.0
+    dist = distance_transform_edt(~parts)
+    return float((dist[salient] <= radius).mean())
+
+
+def run_masks(
+    classifier: torch.nn.Module,
+    dataset: Dataset,
+    labels: Sequence[int],
+    predictions: Sequence[int],
+    class_names: Sequence[str],
+    cfg: Mapping,
+    trainer_cfg: Mapping,
+    output_dir: Path,
+) -> dict:
+    """Optimise (or reuse) the masks of the selected images; returns the ``mask`` metrics section
+    plus ``per_class`` diagnostics and the list of mask ``files``."""
+    mask_cfg = MaskConfig.from_cfg(cfg)
+    chosen, skipped = select_images(
+        labels, predictions, class_names, cfg.get("classes"), int(cfg["images_per_class"])
+    )
+    cache = MaskCache(
+        Path(output_dir) / "masks", model_fingerprint(classifier), config_fingerprint(mask_cfg)
+    )
+    jobs, files, pending = [], {}, []
+    for name, indices in chosen.items():
+        if not indices:
+            skipped.append({"class": name, "reason": "no correctly classified image of this class"})
+        for i in indices:
+            item = dataset[i]
+            path = cache.path(name, item["image"], item["key"])
+            files[i] = path
+            jobs.append((i, name))
+            if not path.is_file():
+                pending.append((i, name))
+    reused = len(jobs) - len(pending)
+    log.info(
+        "masks: %d images selected, %d cached, %d to optimise", len(jobs), reused, len(pending)
+    )
+    seconds = 0.0
+    if pending:
+        job = MaskJobDataset(
+            dataset,
+            [i for i, _ in pending],
+            [int(predictions[i]) for i, _ in pending],
+            [n for _, n in pending],
+        )
+        loader = DataLoader(
+            job,
+            batch_size=int(cfg["batch_size"]),
+            shuffle=False,
+            num_workers=int(cfg.get("num_workers", 0)),
+        )
+        trainer = instantiate(
+            trainer_cfg,
+            inference_mode=False,
+            logger=False,
+            callbacks=[],
+            enable_checkpointing=False,
+        )
+        module = MaskModule(classifier, mask_cfg, cache)
+        t0 = time.perf_counter()
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        seconds = time.perf_counter() - t0
+        classifier.to(next(iter(classifier.buffers())).device)
+    per_class: dict[str, list[dict]] = defaultdict(list)
+    for i, name in jobs:
+        d = MaskCache.read_diagnostics(files[i]) if files[i].is_file() else None
+        if d is None:
+            skipped.append(
+                {
+                    "index": i,
+                    "class": name,
+                    "reason": "mask missing after optimisation (another rank failed?)",
+                }
+            )
+            continue
+        if hasattr(dataset, "parts"):
+            sharp = MaskCache.read(files[i])["sharp"]
+            d["near_part_share"] = near_part_share(sharp < 0.5, dataset.parts(i))
+        per_class[name].append(d)
+    return summarize(per_class, skipped, len(pending), reused, seconds) | {
+        "files": {i: str(p) for i, p in files.items()}
+    }
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if key in r and r[key] == r[key]]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarize(
+    per_class: Mapping[str, list[dict]],
+    skipped: list[dict],
+    computed: int,
+    reused: int,
+    seconds: float,
+) -> dict:
+    """Aggregate per-image diagnostics into the ``mask`` section of ``metrics.json``."""
+    rows = [d for ds in per_class.values() for d in ds]
+    section = {
+        "mean_drop": _mean(rows, "drop"),
+        "mean_normalized_score": _mean(rows, "normalized_score"),
+        "mean_area": _mean(rows, "area"),
+        "binarization": _mean(rows, "binarization"),
+        "images_per_s": computed / seconds if computed and seconds else None,
+        "masked": len(rows),
+        "skipped": skipped,
+        "computed": computed,
+        "reused": reused,
+        "seconds": round(seconds, 3),
+        "mean_p_x": _mean(rows, "p_x"),
+        "mean_p_masked": _mean(rows, "p_masked"),
+        "mean_p_blurred": _mean(rows, "p_blurred"),
+        "mean_iterations": _mean(rows, "iterations"),
+    }
+    if any("near_part_share" in r for r in rows):
+        section["near_part_share"] = _mean(rows, "near_part_share")
+    section["per_class"] = {
+        name: {
+            "masked": len(ds),
+            "mean_drop": _mean(ds, "drop"),
+            "mean_area": _mean(ds, "area"),
+            "binarization": _mean(ds, "binarization"),
+        }
+        for name, ds in per_class.items()
+    }
+    return section
