@@ -97,25 +97,8 @@ def _realistic_state(arch: str) -> dict:
     ("model", "side"),
     [
         ("alexnet", 96),
-        pytest.param(
-            "googlenet",
-            96,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="registry._build_torchvision builds googlenet/inception_v3 with "
-                "transform_input=False, but their ImageNet weights expect transform_input=True "
-                "(torchvision sets it whenever weights are given)",
-            ),
-        ),
-        pytest.param(
-            "inception_v3",
-            96,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="registry._build_torchvision builds googlenet/inception_v3 with "
-                "transform_input=False, but their ImageNet weights expect transform_input=True",
-            ),
-        ),
+        ("googlenet", 96),
+        ("inception_v3", 96),
     ],
 )
 def test_torchvision_weights_see_torchvision_preprocessing(model, side, tmp_path, monkeypatch):

@@ -223,12 +223,6 @@ def _tiny_job(tmp_path, *overrides):
     return cfg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="classifier_cache_key ignores the trainer config (pipeline.stage_classifier passes "
-    "model/data/train only): trainer.max_epochs, precision, limit_train_batches, ... change the "
-    "learned weights yet a later run with other trainer settings reuses the cached classifier",
-)
 def test_trainer_settings_that_change_training_are_not_reused(tmp_path):
     short = run(_tiny_job(tmp_path, "trainer.max_epochs=1"), tmp_path / "short")
     assert short["classifier"]["trained"] is True

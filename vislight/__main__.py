@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -24,7 +25,10 @@ def main(cfg: DictConfig) -> float | None:
         cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
     try:
         metrics = run(cfg)
-    except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, ValueError) as e:
+        # Bad input or config: one line that names the problem, no traceback (VISLIGHT_DEBUG=1 shows it).
+        if os.environ.get("VISLIGHT_DEBUG"):
+            raise
         log.error("%s", e)
         print(f"vislight: error: {e}", file=sys.stderr)
         sys.exit(2)

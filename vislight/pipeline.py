@@ -184,6 +184,7 @@ def stage_classifier(ctx: RunContext) -> None:
             OmegaConf.to_container(cfg.data, resolve=True),
             OmegaConf.to_container(cfg.train, resolve=True),
             cfg.seed,
+            OmegaConf.to_container(cfg.trainer, resolve=True),
         )
         cache = Path(cfg.train.cache_dir) / f"{model_cfg['name']}-{cfg.data.name}-{key}"
 

@@ -52,7 +52,13 @@ def load_state_dict_file(path: str | Path, trusted: bool = False) -> dict[str, t
 
 
 def _load_into(net: nn.Module, state: dict, source: str) -> None:
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise ValueError(
+            f"weights from {source} do not fit the architecture: {first[0].strip()}"
+        ) from None
     if missing or unexpected:
         raise ValueError(
             f"weights from {source} do not fit the architecture: missing keys {missing[:5]}, "
@@ -72,22 +78,9 @@ def _torchvision_cache_file(arch: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name, url
 
 
-def _build_torchvision(cfg: Mapping) -> nn.Module:
-    from torchvision import models
-
+def _torchvision_weights_file(cfg: Mapping) -> Path:
+    """The local ImageNet weights file for a torchvision model; raises MissingWeightsError if absent."""
     arch = cfg["arch"]
-    if arch not in models.list_models(module=models):
-        raise ValueError(
-            f"model.arch={arch!r} is not a torchvision classifier; known: {sorted(models.list_models(module=models))}"
-        )
-    kwargs = (
-        {"aux_logits": False, "init_weights": False}
-        if arch in ("googlenet", "inception_v3")
-        else {}
-    )
-    net = models.get_model(arch, weights=None, num_classes=cfg.get("num_classes", 1000), **kwargs)
-    if not cfg.get("pretrained", True):
-        return net
     if cfg.get("weights_path"):
         path = Path(cfg["weights_path"]).expanduser()
         if not path.is_file():
@@ -95,14 +88,35 @@ def _build_torchvision(cfg: Mapping) -> nn.Module:
                 f"model.weights_path={str(path)!r} does not exist: give the path of the {arch} ImageNet "
                 "state dict (.pth), or set model.pretrained=false for random weights"
             )
-    else:
-        path, url = _torchvision_cache_file(arch)
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"ImageNet weights for {arch} are not on this machine: expected {path}. vislight never "
-                f"downloads at run time. Fetch {url} on a machine with internet and copy it to that path "
-                f"(or to $TORCH_HOME/hub/checkpoints/), or pass model.weights_path=/path/to/{Path(url).name}."
-            )
+        return path
+    path, url = _torchvision_cache_file(arch)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"ImageNet weights for {arch} are not on this machine: expected {path}. vislight never "
+            f"downloads at run time. Fetch {url} on a machine with internet and copy it to that path "
+            f"(or to $TORCH_HOME/hub/checkpoints/), or pass model.weights_path=/path/to/{Path(url).name}."
+        )
+    return path
+
+
+def _build_torchvision(cfg: Mapping) -> nn.Module:
+    from torchvision import models
+
+    arch = cfg["arch"]
+    known = models.list_models(module=models)
+    if arch not in known:
+        raise ValueError(
+            f"model.arch={arch!r} is not a torchvision classifier; known: {sorted(known)}"
+        )
+    pretrained = cfg.get("pretrained", True)
+    path = _torchvision_weights_file(cfg) if pretrained else None  # before the (slow) build
+    kwargs = {}
+    if arch in ("googlenet", "inception_v3"):
+        # torchvision's ImageNet weights for these expect its internal input re-scaling.
+        kwargs = {"aux_logits": False, "init_weights": False, "transform_input": bool(pretrained)}
+    net = models.get_model(arch, weights=None, num_classes=cfg.get("num_classes", 1000), **kwargs)
+    if not pretrained:
+        return net
     state = load_state_dict_file(path, trusted=cfg.get("trusted_checkpoint", False))
     if arch in ("googlenet", "inception_v3"):  # auxiliary heads are not built
         state = {

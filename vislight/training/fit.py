@@ -24,13 +24,26 @@ log = logging.getLogger(__name__)
 # Data settings that do not change what is learned.
 _DATA_KEYS_IGNORED = {"num_workers", "eval_batch_size", "cache", "test_per_class", "val_per_class"}
 _TRAIN_KEYS_IGNORED = {"cache_dir", "force", "enabled"}
+# Trainer settings that do not change the learned weights.
+_TRAINER_KEYS_IGNORED = {
+    "enable_progress_bar",
+    "enable_model_summary",
+    "log_every_n_steps",
+    "default_root_dir",
+    "_target_",
+}
 
 
 def classifier_cache_key(
-    model_cfg: Mapping, data_cfg: Mapping, train_cfg: Mapping, seed: int
+    model_cfg: Mapping,
+    data_cfg: Mapping,
+    train_cfg: Mapping,
+    seed: int,
+    trainer_cfg: Mapping | None = None,
 ) -> str:
     """Hash of everything that determines the trained weights."""
     payload = {
+        "trainer": {k: v for k, v in (trainer_cfg or {}).items() if k not in _TRAINER_KEYS_IGNORED},
         "model": {
             k: v for k, v in model_cfg.items() if k not in ("trusted_checkpoint", "feature_layer")
         },
