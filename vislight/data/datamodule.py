@@ -107,6 +107,8 @@ class FolderDataModule(ClassificationDataModule):
         classes=None,
         labels_csv=None,
         csv_columns=None,
+        label_map=None,
+        label_names=None,
         name="folder",
         **kw,
     ):
@@ -115,6 +117,8 @@ class FolderDataModule(ClassificationDataModule):
         self.input_size, self.resize_size = input_size, resize_size
         self.class_filter = list(classes) if classes else None
         self.labels_csv, self.csv_columns = labels_csv, dict(csv_columns or {})
+        self.label_map = dict(label_map) if label_map else None
+        self.label_names = dict(label_names) if label_names else None
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"data.root={str(self.root)!r} does not exist: set data.root to your image folder"
@@ -130,7 +134,9 @@ class FolderDataModule(ClassificationDataModule):
                 self.csv_columns.get("name"),
             )
         else:
-            items, classes, skipped = scan_class_folders(root, self.class_filter)
+            items, classes, skipped = scan_class_folders(
+                root, self.class_filter, self.label_map, self.label_names
+            )
         ds = ImageListDataset(items, classes, self.input_size, self.resize_size)
         self.classes = classes
         self.skipped += skipped + ds.skipped
@@ -202,6 +208,8 @@ def build_datamodule(
             classes=cfg.get("classes"),
             labels_csv=cfg.get("labels_csv") if kind == "csv" else None,
             csv_columns=cfg.get("csv_columns"),
+            label_map=cfg.get("label_map"),
+            label_names=cfg.get("label_names"),
             name=cfg.get("name", kind),
             **loader_kw,
         )

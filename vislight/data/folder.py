@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -102,9 +103,21 @@ class ImageListDataset(Dataset):
 
 
 def scan_class_folders(
-    root: Path, classes: list[str] | None = None
+    root: Path,
+    classes: list[str] | None = None,
+    label_map: Mapping[str, int] | None = None,
+    label_names: Mapping[int, str] | None = None,
 ) -> tuple[list[tuple[Path, int]], list[str], list[dict]]:
-    """``root/<class>/<file>`` -> (items, class names in label order, skipped entries)."""
+    """``root/<class>/<file>`` -> (items, class names in label order, skipped entries).
+
+    Labels are folder positions in ``classes`` (alphabetical by default), or ``label_map[folder]``
+    when given (e.g. CUB albatross folders -> ImageNet index 146, named by ``label_names``).
+    """
+    if label_map:
+        classes = list(classes or label_map)
+        unmapped = [c for c in classes if c not in label_map]
+        if unmapped:
+            raise ValueError(f"data.label_map has no label for the class folders {unmapped}")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(
@@ -123,7 +136,8 @@ def scan_class_folders(
             f"data.root={str(root)!r} holds no class folders (expected root/<class>/<image>)"
         )
     items, skipped = [], []
-    for label, name in enumerate(classes):
+    for position, name in enumerate(classes):
+        label = int(label_map[name]) if label_map else position
         files = sorted(p for p in (root / name).iterdir() if p.is_file())
         n_before = len(items)
         for p in files:
@@ -140,6 +154,11 @@ def scan_class_folders(
             skipped.append(
                 {"file": str(root / name), "reason": "class folder holds no image files"}
             )
+    if label_map:
+        names = {int(k): str(v) for k, v in (label_names or {}).items()}
+        for folder, label in label_map.items():
+            names.setdefault(int(label), folder)
+        return items, [names.get(i, str(i)) for i in range(max(names) + 1)], skipped
     return items, list(classes), skipped
 
 

@@ -151,10 +151,13 @@ def run_masks(
             enable_checkpointing=False,
         )
         module = MaskModule(classifier, mask_cfg, cache)
+        device = next(iter(classifier.buffers())).device
         t0 = time.perf_counter()
         trainer.predict(module, dataloaders=loader, return_predictions=False)
+        # Under a multi-device strategy every rank wrote its share of the files: wait for all.
+        trainer.strategy.barrier("vislight-masks")
         seconds = time.perf_counter() - t0
-        classifier.to(next(iter(classifier.buffers())).device)
+        classifier.to(device)
     per_class: dict[str, list[dict]] = defaultdict(list)
     for i, name in jobs:
         d = MaskCache.read_diagnostics(files[i]) if files[i].is_file() else None
