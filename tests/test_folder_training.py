@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from conftest import compose_config
 from omegaconf import open_dict
 from PIL import Image
 
-from tests.conftest import compose_config
 from vislight.data.folder import scan_class_folders
 from vislight.pipeline import run
 

@@ -90,71 +90,15 @@ def validate(cfg: DictConfig) -> None:
             MaskConfig.from_cfg(cfg.masks)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if not (isinstance(cfg.masks.images_per_class, int) and cfg.masks.images_per_class >= 1):
+        for key in ("images_per_class", "batch_size"):
+            value = cfg.masks[key]
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"masks.{key}={value!r} is invalid: it must be an integer >= 1")
+        patience = cfg.masks.early_stopping.patience
+        if not (isinstance(patience, int) and patience >= 1):
             raise ConfigError(
-                f"masks.images_per_class={cfg.masks.images_per_class!r} is invalid: it must be an integer >= 1"
+                f"masks.early_stopping.patience={patience!r} is invalid: it must be an integer >= 1"
             )
-    checks = [
-        (
-            "train.epochs",
-            cfg.train.epochs,
-            lambda v: isinstance(v, int) and v >= 1,
-            "an integer >= 1",
-        ),
-        ("train.lr", cfg.train.lr, lambda v: v > 0, "a positive number"),
-        (
-            "data.batch_size",
-            cfg.data.batch_size,
-            lambda v: isinstance(v, int) and v >= 1,
-            "an integer >= 1",
-        ),
-    ]
-    if cfg.data.kind == "synth":
-        checks += [
-            (
-                "data.image_size",
-                cfg.data.image_size,
-                lambda v: isinstance(v, int) and 16 <= v <= 224,
-                "an integer in [16, 224]",
-            ),
-            (
-                "data.num_classes",
-                cfg.data.num_classes,
-                lambda v: isinstance(v, int) and 2 <= v <= 10,
-                "an integer in [2, 10]",
-            ),
-            (
-                "data.watermark.rate",
-                cfg.data.watermark.rate,
-                lambda v: 0 <= v <= 1,
-                "a fraction in [0, 1]",
-            ),
-        ]
-        for split in ("train", "val", "test"):
-            key = f"{split}_per_class"
-            checks.append(
-                (
-                    f"data.{key}",
-                    cfg.data[key],
-                    lambda v: isinstance(v, int) and v >= 1,
-                    "an integer >= 1",
-                )
-            )
-    elif cfg.data.kind in ("folder", "csv"):
-        root = cfg.data.get("root")
-        if not root:
-            raise ConfigError(
-                "data.root is not set: pass data.root=/path/to/images (a folder of class folders)"
-            )
-        if not Path(root).expanduser().is_dir():
-            raise ConfigError(f"data.root={root!r} does not exist: pass data.root=/path/to/images")
-    for key, value, ok, allowed in checks:
-        try:
-            good = ok(value)
-        except TypeError:
-            good = False
-        if not good:
-            raise ConfigError(f"{key}={value!r} is invalid: it must be {allowed}")
 
 
 def _model_cfg(cfg: DictConfig, num_classes: int | None = None) -> dict:

@@ -200,7 +200,13 @@ def _run_stage(
         bs, ds, ts = (
             (blurred, diff, target) if idx is None else (blurred[idx], diff[idx], target[idx])
         )
-        mask = (lift[0] @ p @ lift[1].T if lift is not None else p).detach().requires_grad_(True)
+        # clone: the sharp stage's mask must not alias `param`, which Adam updates in place
+        mask = (
+            (lift[0] @ p @ lift[1].T if lift is not None else p)
+            .detach()
+            .clone()
+            .requires_grad_(True)
+        )
         score = class_score(model(bs + mask * ds), ts)
         (grad,) = torch.autograd.grad(score.sum(), mask)
         mask = mask.detach()
@@ -233,7 +239,7 @@ def upsample_blur_matrix(n_in: int, n_out: int, sigma: float, device=None) -> to
     )  # (n_in, 1, n_out, 1)
     if sigma > 0.3:
         k = 2 * math.ceil(2 * sigma) + 1
-        up = gaussian_blur(up.transpose(2, 3).expand(n_in, 1, 2, n_out).contiguous(), k, sigma)[
+        up = gaussian_blur(up.transpose(2, 3).expand(n_in, 1, k, n_out).contiguous(), k, sigma)[
             :, :, :1, :
         ].transpose(2, 3)
     return up.view(n_in, n_out).T.contiguous()

@@ -1,0 +1,648 @@
+"""Masks: energy and perturbation units, the optimiser (score drop, batch independence, early
+stopping), the Lightning predict module, the mask cache, image selection, config validation, and a
+killed then resumed CLI run."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from conftest import SUBPROCESS_ENV, compose_config, small_cnn_cfg
+from scipy.ndimage import distance_transform_edt
+from torch import nn
+from torch.utils.data import DataLoader
+
+import vislight
+from vislight.data.synth import WorldConfig
+from vislight.data.synth_dataset import SynthPartDataset
+from vislight.masks.cache import (
+    MaskCache,
+    config_fingerprint,
+    image_fingerprint,
+    model_fingerprint,
+    safe_name,
+)
+from vislight.masks.energy import mask_energy
+from vislight.masks.module import MaskModule
+from vislight.masks.optimize import (
+    MaskConfig,
+    MaskResult,
+    StageConfig,
+    _reg_grad,
+    optimize_masks,
+    upsample_blur_matrix,
+)
+from vislight.masks.perturbation import (
+    disc_init,
+    gaussian_blur,
+    gaussian_kernel1d,
+    perturb,
+    scaled_blur,
+)
+from vislight.masks.stage import MaskJobDataset, select_images
+from vislight.models import build_classifier
+from vislight.pipeline import ConfigError, validate
+
+SIZE = 32
+# Default stage weights (conf/masks/default.yaml), few iterations.
+SMOOTH = StageConfig(20, 0.1, 0.5, 0.01, 3.0, 0.0)
+SHARP = StageConfig(10, 0.1, 0.01, 1.0, 3.0, 2.0)
+FAST = MaskConfig(smooth=SMOOTH, sharp=SHARP)
+
+
+def _resnet(num_classes: int = 3, seed: int = 0) -> nn.Module:
+    """A random-init resnet_small at 32 px, frozen in eval mode."""
+    torch.manual_seed(seed)
+    cfg = small_cnn_cfg("resnet_small", num_classes=num_classes, input_size=SIZE, width=8)
+    return build_classifier(cfg).eval().requires_grad_(False)
+
+
+def _synth(n: int = 4, num_classes: int = 3) -> SynthPartDataset:
+    return SynthPartDataset(
+        WorldConfig(num_classes=num_classes, seed=0), "test", n, image_size=SIZE, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    ds = _synth(4)
+    return torch.stack([ds[i]["image"] for i in range(4)])
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Energy and perturbation units
+# --------------------------------------------------------------------------------------------
+
+
+def test_perturb_keeps_with_mask_one_and_blurs_with_mask_zero():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16)
+    blurred = gaussian_blur(x, 5, 2.0)
+    ones, zeros = torch.ones(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)
+    torch.testing.assert_close(perturb(x, ones, blurred), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(perturb(x, zeros, blurred), blurred, atol=0, rtol=0)
+    half = perturb(x, torch.full((2, 1, 16, 16), 0.5), blurred)
+    torch.testing.assert_close(half, (x + blurred) / 2, atol=1e-6, rtol=0)
+
+
+def test_gaussian_blur_preserves_constants_and_the_mean():
+    const = torch.full((2, 3, 20, 24), 0.37)
+    for k, sigma in ((3, 0.5), (7, 2.0), (41, 30.0)):  # 41 > side: replicate padding
+        torch.testing.assert_close(gaussian_blur(const, k, sigma), const, atol=1e-6, rtol=0)
+    # A blob on a constant background with a margin wider than the kernel: mass is conserved.
+    blob = torch.full((1, 3, 32, 32), 0.1)
+    blob[:, :, 12:20, 10:22] = 0.9
+    out = gaussian_blur(blob, 7, 2.0)
+    assert abs(float(out.mean() - blob.mean())) < 1e-6
+    assert float(out[:, :, 12:20, 10:22].mean()) < 0.9 - 0.05  # it did blur
+    # Any image: the mean moves little (reflect padding at the border) and the range is kept.
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    y = gaussian_blur(x, 15, 5.0)
+    assert abs(float(y.mean() - x.mean())) < 2e-3
+    assert float(y.min()) >= float(x.min()) - 1e-6 and float(y.max()) <= float(x.max()) + 1e-6
+    torch.testing.assert_close(gaussian_kernel1d(7, 2.0).sum(), torch.tensor(1.0))
+
+
+def test_disc_init_is_zero_in_the_inscribed_disc_and_one_at_the_corners():
+    for h, w in ((28, 28), (6, 10), (4, 4)):
+        m = disc_init(3, h, w)
+        assert m.shape == (3, 1, h, w)
+        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
+            assert m[:, 0, y, x].eq(1).all(), (h, w, y, x)
+        assert m[:, 0, h // 2, w // 2].eq(0).all()
+        yy = torch.arange(h).view(-1, 1) + 0.5 - h / 2
+        xx = torch.arange(w).view(1, -1) + 0.5 - w / 2
+        dist = (yy**2 + xx**2).sqrt()
+        r = min(h, w) / 2
+        assert m[0, 0][dist < r - 1e-6].eq(0).all()
+        assert m[0, 0][dist > r + 1e-6].eq(1).all()
+    # A fresh tensor per call, not a view of a shared one.
+    a = disc_init(2, 8, 8)
+    a[0].fill_(0.5)
+    assert a[1].max() == 1 and disc_init(2, 8, 8).max() == 1
+
+
+def test_scaled_blur_gives_an_odd_kernel_and_scales_sigma():
+    for size in (16, 32, 64, 100, 224, 448):
+        for kernel, sigma in ((11, 10.0), (41, 30.0), (1, 0.5), (4, 2.0)):
+            k, s = scaled_blur(size, kernel, sigma)
+            assert isinstance(k, int) and k >= 3 and k % 2 == 1, (size, kernel, k)
+            assert abs(k - kernel * size / 224) <= 1.5 or k == 3, (size, kernel, k)
+            assert s == pytest.approx(max(sigma * size / 224, 1e-3))
+    assert scaled_blur(224, 11, 10.0) == (11, pytest.approx(10.0))
+    assert scaled_blur(32, 11, 10.0) == (3, pytest.approx(10 * 32 / 224))
+    assert scaled_blur(32, 15, 5.0, reference_size=32) == (15, pytest.approx(5.0))
+
+
+@pytest.mark.parametrize(
+    "st",
+    [
+        SMOOTH,
+        SHARP,
+        replace(SHARP, tv=0.0),
+        replace(SHARP, binarize=0.0),
+        replace(SMOOTH, tv=0.0, l1=0.0),
+        replace(SHARP, tv_beta=2.0, l1=0.3),
+    ],
+    ids=["smooth", "sharp", "tv0", "binarize0", "l1_0_tv0", "beta2"],
+)
+def test_reg_grad_equals_autograd_of_the_energy_minus_the_score(st):
+    torch.manual_seed(0)
+    mask = (0.02 + 0.96 * torch.rand(3, 1, 7, 9, dtype=torch.float64)).requires_grad_(True)
+    score = torch.rand(3, dtype=torch.float64)
+    energy = mask_energy(score, mask, st.l1, st.tv, st.tv_beta, st.binarize)
+    (expected,) = torch.autograd.grad(energy.sum(), mask)
+    got = _reg_grad(mask.detach(), st)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-9)
+
+
+def _upsample_then_blur(p: torch.Tensor, n_out: int, sigma: float) -> torch.Tensor:
+    up = F.interpolate(p, size=(n_out, n_out), mode="bilinear", align_corners=False)
+    if sigma > 0.3:
+        up = gaussian_blur(up, 2 * math.ceil(2 * sigma) + 1, sigma)
+    return up
+
+
+@pytest.mark.parametrize(
+    ("n_in", "n_out", "sigma"),
+    [
+        (4, 32, 0.2),  # no blur: bilinear only
+        (4, 32, 5 * 32 / 224),  # the 32-px default
+        (8, 64, 5 * 64 / 224),  # the 64-px default
+        (28, 224, 5.0),
+        (4, 32, 2.0),
+    ],
+)
+def test_upsample_blur_matrix_equals_interpolate_then_blur(n_in, n_out, sigma):
+    a = upsample_blur_matrix(n_in, n_out, sigma)
+    assert a.shape == (n_out, n_in)
+    torch.testing.assert_close(a.sum(1), torch.ones(n_out), atol=1e-5, rtol=0)
+    torch.manual_seed(0)
+    p = torch.rand(2, 1, n_in, n_in, dtype=torch.float64)
+    got = a.double() @ p @ a.double().T
+    torch.testing.assert_close(got, _upsample_then_blur(p, n_out, sigma), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. The mask finds what the model uses and destroys the score
+# --------------------------------------------------------------------------------------------
+
+PATCH = (8, 14, 18, 24)  # rows r0:r1, cols c0:c1 of a 6x6 patch
+
+
+class PatchClassifier(nn.Module):
+    """Class 0's logit is ``scale`` x (mean red of a fixed 6x6 patch - 0.5); class 1's is 0."""
+
+    def __init__(self, box=PATCH, scale: float = 20.0):
+        super().__init__()
+        self.box, self.scale = box, scale
+
+    def forward(self, x):
+        r0, r1, c0, c1 = self.box
+        logit = self.scale * (x[:, 0, r0:r1, c0:c1].mean((1, 2)) - 0.5)
+        return torch.stack([logit, torch.zeros_like(logit)], 1)
+
+
+def _patch_image(b: int = 1) -> torch.Tensor:
+    r0, r1, c0, c1 = PATCH
+    x = torch.full((b, 3, SIZE, SIZE), 0.1)
+    x[:, 0, r0:r1, c0:c1] = 1.0
+    x[:, 1:, r0:r1, c0:c1] = 0.0
+    return x
+
+
+def test_mask_destroys_the_score_by_blurring_the_patch_the_model_reads():
+    # Blur 15 px / sigma 5 at 32 px (given at the 224 reference) erases the 6x6 patch; a 16x16
+    # smooth stage (downsample 2) is fine enough to localise it. Default weights, 60/30 iterations.
+    cfg = MaskConfig(
+        smooth=replace(SMOOTH, iterations=60),
+        sharp=replace(SHARP, iterations=30),
+        blur_kernel=105,
+        blur_sigma=35.0,
+        downsample=2,
+    )
+    model, x = PatchClassifier(), _patch_image()
+    k, sigma = scaled_blur(SIZE, cfg.blur_kernel, cfg.blur_sigma, cfg.reference_size)
+    assert model(gaussian_blur(x, k, sigma)).softmax(1)[0, 0] < 0.1  # the blur erases the patch
+    r = optimize_masks(model, x, torch.tensor([0]), cfg)
+    assert r.sharp.shape == r.smooth.shape == (1, 1, SIZE, SIZE)
+    for m in (r.smooth, r.sharp):
+        assert float(m.min()) >= 0 and float(m.max()) <= 1
+    assert float(r.p_x[0]) > 0.99
+    assert float(r.drop[0]) > 0.5, r.diagnostics(0)
+    assert float(r.normalized_score[0]) < 0.5
+    salient = (r.sharp[0, 0] < 0.5).numpy()
+    patch = np.zeros((SIZE, SIZE), bool)
+    r0, r1, c0, c1 = PATCH
+    patch[r0:r1, c0:c1] = True
+    assert salient[patch].mean() > 0.5, "the salient area misses the patch"
+    near = distance_transform_edt(~patch)[salient] <= 2
+    assert near.mean() > 0.8, f"only {near.mean():.2f} of the salient pixels lie near the patch"
+    assert 0 < float(r.area[0]) < 0.3
+    assert float(r.area[0]) == pytest.approx(salient.mean())
+    assert float(r.binarization[0]) > 0.8
+    assert float(r.iterations[0]) == 90
+    d = r.diagnostics(0)
+    assert d["drop"] == pytest.approx((d["p_x"] - d["p_masked"]) / d["p_x"], rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Batch independence and 4. early stopping
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "early",
+    [False, True],
+    ids=["default", "early_stopping"],
+)
+def test_batch_gives_the_same_masks_as_one_image_at_a_time(images, early):
+    model = _resnet()
+    with torch.no_grad():  # sharper logits than the random init gives: non-trivial masks
+        model.net.fc.weight.mul_(30)
+        model.net.fc.bias.mul_(30)
+        target = model(images).argmax(1)
+    cfg = replace(FAST, early_stopping=early, patience=2)
+    batch = optimize_masks(model, images, target, cfg)
+    full = SMOOTH.iterations + SHARP.iterations
+    assert (batch.iterations <= full).all()
+    if not early:
+        assert (batch.iterations == full).all()
+    assert float(batch.sharp.min()) >= 0 and float(batch.sharp.max()) <= 1
+    assert (batch.area > 0).any(), "trivial masks: the test would prove nothing"
+    for i in range(len(images)):
+        one = optimize_masks(model, images[i : i + 1], target[i : i + 1], cfg)
+        assert int(one.iterations[0]) == int(batch.iterations[i]), i
+        torch.testing.assert_close(one.sharp[0], batch.sharp[i], atol=1e-4, rtol=0)
+        torch.testing.assert_close(one.smooth[0], batch.smooth[i], atol=1e-4, rtol=0)
+        assert float(one.p_masked[0]) == pytest.approx(float(batch.p_masked[i]), abs=1e-4)
+
+
+class Saturated(nn.Module):
+    """A model whose softmax is saturated (score gradient ~0): only the regularisers act."""
+
+    def forward(self, x):
+        logit = 100.0 + 0.0 * x.mean((1, 2, 3))
+        return torch.stack([logit, torch.zeros_like(logit)], 1)
+
+
+def test_early_stopping_stops_images_that_stop_improving():
+    x = torch.cat([_patch_image(2), torch.rand(2, 3, SIZE, SIZE)])
+    target = torch.zeros(4, dtype=torch.long)
+    full = SMOOTH.iterations + SHARP.iterations
+    off = optimize_masks(Saturated(), x, target, FAST)
+    assert off.iterations.tolist() == [full] * 4
+    es = replace(FAST, early_stopping=True, patience=5)
+    on = optimize_masks(Saturated(), x, target, es)
+    assert (on.iterations <= full).all() and (on.iterations < full).any(), on.iterations
+    # Each stage runs at least `patience` + 1 iterations before it can stop.
+    assert (on.iterations >= 2 * (es.patience + 1)).all(), on.iterations
+    # A model that keeps improving within the budget stops no earlier than allowed either.
+    on_patch = optimize_masks(PatchClassifier(), _patch_image(2), target[:2], es)
+    assert (on_patch.iterations <= full).all()
+    assert on.iterations.dtype == torch.long
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The Lightning module leaves the classifier as it found it
+# --------------------------------------------------------------------------------------------
+
+
+def _initial_smooth_mask(cfg: MaskConfig) -> torch.Tensor:
+    lh = math.ceil(SIZE / cfg.downsample)
+    a = upsample_blur_matrix(lh, SIZE, cfg.upsample_sigma * SIZE / cfg.reference_size)
+    return (a @ disc_init(1, lh, lh) @ a.T)[0, 0]
+
+
+@pytest.mark.parametrize("mode", ["train_grad", "eval_partly_frozen"])
+def test_mask_module_predict_leaves_the_classifier_unchanged(tmp_path, mode):
+    clf = _resnet()
+    if mode == "train_grad":
+        clf.train().requires_grad_(True)
+    else:
+        clf.eval().requires_grad_(True)
+        clf.net.fc.requires_grad_(False)
+        clf.net.layer1.train()  # mixed per-module training flags
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    flags = {n: m.training for n, m in clf.named_modules()}
+    grads = {n: p.requires_grad for n, p in clf.named_parameters()}
+
+    ds = _synth(4)
+    targets = [0, 1, 2, 1]
+    names = [ds.classes[t] for t in targets]
+    job = MaskJobDataset(ds, [0, 1, 2, 3], targets, names)
+    cache = MaskCache(tmp_path / "masks", model_fingerprint(clf), config_fingerprint(FAST))
+    expected = [cache.path(names[j], ds[j]["image"], ds[j]["key"]) for j in range(4)]
+    module = MaskModule(clf, FAST, cache)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        inference_mode=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.predict(module, dataloaders=DataLoader(job, batch_size=2), return_predictions=False)
+
+    after = clf.state_dict()
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"{k} changed (BatchNorm statistics updated?)"
+    assert {n: m.training for n, m in clf.named_modules()} == flags
+    assert {n: p.requires_grad for n, p in clf.named_parameters()} == grads
+    assert all(p.grad is None for p in clf.parameters())
+
+    assert sorted(module.written) == sorted(str(p) for p in expected)
+    init = _initial_smooth_mask(FAST).numpy()
+    for j, path in enumerate(expected):
+        out = MaskCache.read(path)
+        assert out["index"] == j and out["target"] == targets[j] and out["class_name"] == names[j]
+        assert out["key"] == ds[j]["key"] and out["iterations"] == 30
+        assert out["sharp"].shape == (SIZE, SIZE)
+        assert np.abs(out["sharp"] - init).mean() > 0.05, "the mask never left the initial disc"
+        assert np.abs(out["smooth"] - init).max() > 0.05
+        assert out["sharp"].min() >= 0 and out["sharp"].max() <= 1
+    # Same masks as the pure optimiser on the frozen model (the module adds nothing else).
+    frozen = _resnet().eval()
+    images = torch.stack([ds[j]["image"] for j in range(4)])
+    ref = optimize_masks(frozen, images, torch.tensor(targets), FAST)
+    for j, path in enumerate(expected):
+        np.testing.assert_allclose(MaskCache.read(path)["sharp"], ref.sharp[j, 0], atol=2e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Mask cache
+# --------------------------------------------------------------------------------------------
+
+
+def _result(b: int = 2) -> MaskResult:
+    torch.manual_seed(0)
+    diag = {n: torch.rand(b) for n in ("p_x", "p_masked", "p_blurred", "drop")}
+    return MaskResult(
+        smooth=torch.rand(b, 1, 8, 8),
+        sharp=torch.rand(b, 1, 8, 8),
+        normalized_score=torch.rand(b),
+        area=torch.rand(b),
+        binarization=torch.rand(b),
+        iterations=torch.tensor([30] * b),
+        energy=torch.rand(b),
+        **diag,
+    )
+
+
+def test_cache_path_depends_on_image_model_and_config(tmp_path):
+    model = _resnet()
+    img = torch.rand(3, SIZE, SIZE)
+    mh, ch = model_fingerprint(model), config_fingerprint(FAST)
+    cache = MaskCache(tmp_path, mh, ch)
+    path = cache.path("disc_bar", img, "test-000001")
+    assert path.parent == tmp_path / "disc_bar" and path.suffix == ".npz"
+    assert path.name.startswith("test-000001-")
+    assert MaskCache(tmp_path, mh, ch).path("disc_bar", img.clone(), "test-000001") == path
+
+    changed = img.clone()
+    changed[0, 3, 4] = 1.0 - changed[0, 3, 4].round()
+    assert image_fingerprint(changed) != image_fingerprint(img)
+    assert cache.path("disc_bar", changed, "test-000001") != path
+
+    other = _resnet()
+    with torch.no_grad():
+        other.net.fc.bias[0] += 1e-3
+    assert model_fingerprint(other) != mh
+    assert model_fingerprint(_resnet()) == mh  # same weights, same hash
+    assert (
+        MaskCache(tmp_path, model_fingerprint(other), ch).path("disc_bar", img, "test-000001")
+        != path
+    )
+    bn = _resnet()
+    next(t for n, t in bn.named_buffers() if n.endswith("running_mean")).add_(0.5)
+    assert model_fingerprint(bn) != mh  # buffers count too
+
+    for cfg in (
+        replace(FAST, sharp=replace(SHARP, iterations=11)),
+        replace(FAST, blur_sigma=3.0),
+        replace(FAST, early_stopping=True),
+    ):
+        assert config_fingerprint(cfg) != ch
+        assert (
+            MaskCache(tmp_path, mh, config_fingerprint(cfg)).path("disc_bar", img, "test-000001")
+            != path
+        )
+    assert config_fingerprint(replace(FAST)) == ch
+
+
+def test_cache_write_read_round_trip_is_atomic(tmp_path):
+    res = _result(2)
+    cache = MaskCache(tmp_path / "masks", "m" * 16, "c" * 16)
+    path = cache.path("bar triangle", res.sharp[1, 0].expand(3, 8, 8), "test-000003")
+    meta = {"index": 3, "label": 2, "target": 2, "key": "test-000003", "class_name": "bar triangle"}
+    cache.write(path, res, 1, meta)
+    assert path.parent.name == "bar_triangle"
+    out = MaskCache.read(path)
+    assert out.pop("smooth").dtype == np.float32 and out["sharp"].dtype == np.float32
+    np.testing.assert_allclose(out.pop("sharp"), res.sharp[1, 0].numpy(), atol=1e-3)
+    np.testing.assert_allclose(MaskCache.read(path)["smooth"], res.smooth[1, 0].numpy(), atol=1e-3)
+    assert out == {**res.diagnostics(1), **meta}
+    assert MaskCache.read_diagnostics(path) == out
+    cache.write(path, res, 0, meta)  # overwrite in place
+    np.testing.assert_allclose(MaskCache.read(path)["sharp"], res.sharp[0, 0].numpy(), atol=1e-3)
+    files = [p for p in (tmp_path / "masks").rglob("*") if p.is_file()]
+    assert files == [path], files  # no temp files left behind
+
+
+def test_safe_name_sanitises_class_names():
+    name = safe_name("<script>/../x")
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", name), name
+    assert "/" not in name and not name.startswith(".") and name not in (".", "..")
+    assert "script" in name and name.endswith("x")
+    assert safe_name("..") == safe_name("/") == safe_name("") == "class"
+    assert safe_name("golden retriever") == "golden_retriever"
+    assert safe_name("n01440764") == "n01440764"
+
+
+# --------------------------------------------------------------------------------------------
+# 7. Image selection and 8. config validation
+# --------------------------------------------------------------------------------------------
+
+
+def test_select_images_keeps_correct_ones_in_dataset_order():
+    names = ["a", "b", "c"]
+    labels = [0, 1, 0, 1, 0, 2, 0, 1, 2]
+    preds = [0, 0, 0, 1, 2, 2, 0, 2, 2]
+    chosen, skipped = select_images(labels, preds, names, None, 2)
+    assert chosen == {"a": [0, 2], "b": [3], "c": [5, 8]}
+    assert list(chosen) == ["a", "b", "c"]
+    # i=1 (b, predicted a) and i=7 (b, predicted c) are recorded; i=4 comes after a is full.
+    assert [s["index"] for s in skipped] == [1, 7]
+    assert skipped[0]["class"] == "b" and "misclassified" in skipped[0]["reason"]
+    assert "a" in skipped[0]["reason"].split("predicted")[1]
+    assert "c" in skipped[1]["reason"].split("predicted")[1]
+
+    chosen, skipped = select_images(labels, preds, names, ["c", "b"], 1)
+    assert chosen == {"c": [5], "b": [3]}
+    assert [s["index"] for s in skipped] == [1]
+
+    chosen, _ = select_images(labels, preds, names, None, 10)
+    assert chosen == {"a": [0, 2, 6], "b": [3], "c": [5, 8]}
+
+    with pytest.raises(ValueError, match=r"masks\.classes"):
+        select_images(labels, preds, names, ["a", "zebra"], 2)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("masks.smooth.iterations=-1", "masks.smooth.iterations"),
+        ("masks.images_per_class=0", "masks.images_per_class"),
+        ("masks.sharp.lr=0", "masks.sharp.lr"),
+    ],
+)
+def test_validate_rejects_bad_mask_settings(override, key):
+    cfg = compose_config(["logger=none", override])
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        validate(cfg)
+
+
+def test_validate_accepts_the_default_masks_config():
+    validate(compose_config(["logger=none"]))
+    cfg = MaskConfig.from_cfg(compose_config(["logger=none"]).masks)
+    assert cfg.smooth == StageConfig(300, 0.1, 0.5, 0.01, 3.0, 0.0)
+    assert cfg.sharp == StageConfig(150, 0.1, 0.01, 1.0, 3.0, 2.0)
+    assert cfg.blur_kernel == 41 and cfg.blur_sigma == 30.0  # synth_summaries experiment
+    assert cfg.early_stopping is False and cfg.patience == 30
+
+
+# --------------------------------------------------------------------------------------------
+# 9. End to end through the CLI: a killed masks stage resumes from its cache
+# --------------------------------------------------------------------------------------------
+
+
+def _cli_args(run_dir, cache_dir) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "vislight",
+        "logger=none",
+        f"paths.output_dir={run_dir}",
+        f"train.cache_dir={cache_dir}",
+        "data.num_classes=3",
+        "data.image_size=32",
+        "data.train_per_class=60",
+        "data.val_per_class=5",
+        "data.test_per_class=8",
+        "train.epochs=3",
+        "masks.images_per_class=6",
+        "masks.batch_size=2",
+        "masks.smooth.iterations=100",  # ~0.5 s a batch: a wide window to kill the run in
+        "masks.sharp.iterations=50",
+        "trainer.enable_progress_bar=false",
+    ]
+
+
+def _run_cli(run_dir, cache_dir, log) -> subprocess.CompletedProcess:
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            _cli_args(run_dir, cache_dir),
+            cwd=vislight.PROJECT_ROOT,
+            env=SUBPROCESS_ENV,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=180,
+        )
+    return proc
+
+
+def _masks(run_dir) -> dict[str, np.ndarray]:
+    return {
+        str(p.relative_to(run_dir / "masks")): MaskCache.read(p)["sharp"]
+        for p in sorted((run_dir / "masks").rglob("*.npz"))
+    }
+
+
+def test_cli_masks_resume_after_kill(tmp_path):
+    cache = tmp_path / "cache"
+    a, b = tmp_path / "A", tmp_path / "B"
+    ref = _run_cli(a, cache, tmp_path / "a.log")
+    assert ref.returncode == 0, (tmp_path / "a.log").read_text()[-3000:]
+    ma = json.loads((a / "metrics.json").read_text())
+    mask = ma["mask"]
+    for key in (
+        "mean_drop",
+        "mean_normalized_score",
+        "mean_area",
+        "binarization",
+        "images_per_s",
+        "masked",
+        "skipped",
+    ):
+        assert key in mask, key
+    ref_masks = _masks(a)
+    total = mask["masked"]
+    assert total == len(ref_masks) and total >= 4, mask
+    assert mask["computed"] == total and mask["reused"] == 0
+    assert mask["images_per_s"] > 0 and 0 <= mask["mean_area"] <= 1
+    assert 0 <= mask["binarization"] <= 1
+    assert sum(c.get("masked", 0) for c in ma["classes"].values()) == total
+
+    # Kill the same job once a batch of masks is on disk.
+    with open(tmp_path / "b1.log", "w") as log:
+        proc = subprocess.Popen(
+            _cli_args(b, cache),
+            cwd=vislight.PROJECT_ROOT,
+            env=SUBPROCESS_ENV,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        killed = False
+        try:
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline and proc.poll() is None:
+                if len(list(b.glob("masks/*/*.npz"))) >= 2:
+                    proc.send_signal(signal.SIGKILL)
+                    killed = True
+                    break
+                time.sleep(0.01)
+        finally:
+            if not killed and proc.poll() is None:
+                proc.kill()
+            rc = proc.wait(timeout=60)
+    assert killed, ("no mask file within 150 s", rc, (tmp_path / "b1.log").read_text()[-3000:])
+    assert rc == -signal.SIGKILL, rc
+    present = sorted(b.glob("masks/*/*.npz"))
+    assert 2 <= len(present) < total, (len(present), total)
+    for p in (b / "masks").rglob("*"):
+        if p.is_file() and p.suffix != ".npz":  # a write cut short by the kill
+            assert p.name.startswith(".") and p.name.endswith(".tmp"), p
+    for p in present:  # every result file is complete
+        assert MaskCache.read(p)["sharp"].shape == (32, 32)
+        assert str(p.relative_to(b / "masks")) in ref_masks
+    assert "mask" not in json.loads((b / "metrics.json").read_text())
+
+    again = _run_cli(b, cache, tmp_path / "b2.log")
+    assert again.returncode == 0, (tmp_path / "b2.log").read_text()[-3000:]
+    mb = json.loads((b / "metrics.json").read_text())
+    assert mb["classifier"]["reused"] is True
+    assert mb["mask"]["reused"] == len(present)
+    assert mb["mask"]["computed"] + mb["mask"]["reused"] == mb["mask"]["masked"] == total
+    assert mb["mask"]["computed"] == total - len(present)
+    resumed = _masks(b)
+    assert resumed.keys() == ref_masks.keys()
+    for name, sharp in ref_masks.items():
+        np.testing.assert_allclose(resumed[name], sharp, atol=1e-3, err_msg=name)
+    assert mb["mask"]["mean_drop"] == pytest.approx(mask["mean_drop"], abs=1e-3)
+    assert mb["mask"]["mean_area"] == pytest.approx(mask["mean_area"], abs=1e-2)
