@@ -30,6 +30,7 @@ from vislight.masks.optimize import MaskConfig
 from vislight.masks.stage import run_masks
 from vislight.models.classifier import Classifier
 from vislight.models.registry import build_classifier
+from vislight.summaries.stage import run_summaries
 from vislight.training.fit import classifier_cache_key, fit_or_load_classifier
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class RunContext:
     # Predicted and true labels of the evaluated split, by dataset index (set by `evaluate`).
     predictions: list[int] | None = None
     labels: list[int] | None = None
+    # Cached mask files of the explained images, per class (set by `masks`).
+    mask_files: dict[str, list[tuple[int, Path]]] | None = None
 
     def save_metrics(self) -> None:
         write_json(self.output_dir / "metrics.json", self.metrics)
@@ -177,7 +180,7 @@ def stage_masks(ctx: RunContext) -> None:
         ctx.cfg.trainer,
         ctx.output_dir,
     )
-    section.pop("files")
+    ctx.mask_files = section.pop("files")
     per_class = section.pop("per_class")
     ctx.metrics["mask"] = section
     for name, values in per_class.items():
@@ -192,10 +195,34 @@ def stage_masks(ctx: RunContext) -> None:
     )
 
 
+def stage_summaries(ctx: RunContext) -> None:
+    """Regions, similarity graph, affinity propagation and pruning per class; tags where known."""
+    if ctx.mask_files is None:
+        raise ConfigError("stages: 'summaries' needs the 'masks' stage before it")
+    dm = ctx.datamodule
+    files = {name: items for name, items in ctx.mask_files.items() if items}
+    targets = {name: int(ctx.labels[items[0][0]]) for name, items in files.items()}
+    summaries, metrics = run_summaries(
+        ctx.classifier, dm.test_set, files, targets, ctx.cfg, ctx.device
+    )
+    write_json(ctx.output_dir / "summaries.json", summaries)
+    for name, values in metrics.pop("classes").items():
+        ctx.metrics.setdefault("classes", {}).setdefault(name, {}).update(values)
+    ctx.metrics.update(metrics)
+    log.info(
+        "summaries: mean %.2f per class, mean purity %s, background share %s, part recall %s",
+        metrics["mean_summaries"],
+        metrics["mean_purity"],
+        metrics["background_share"],
+        metrics["part_recall"],
+    )
+
+
 STAGES: dict[str, Callable[[RunContext], None]] = {
     "classifier": stage_classifier,
     "evaluate": stage_evaluate,
     "masks": stage_masks,
+    "summaries": stage_summaries,
 }
 
 

@@ -84,6 +84,10 @@ class SynthPartDataset(Dataset):
             "key": self.key(index),
         }
 
+    def class_parts(self, label: int) -> tuple[str, ...]:
+        """Names of the parts class ``label`` is made of."""
+        return class_designs(self.world.num_classes)[label].parts
+
     def parts(self, index: int) -> np.ndarray:
         """Ground-truth part ids (H, W) uint8 of item ``index``; names in :data:`PART_NAMES`."""
         return self._render(index)[1]

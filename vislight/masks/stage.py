@@ -174,9 +174,11 @@ def run_masks(
             sharp = MaskCache.read(files[i])["sharp"]
             d["near_part_share"] = near_part_share(sharp < 0.5, dataset.parts(i))
         per_class[name].append(d)
-    return summarize(per_class, skipped, len(pending), reused, seconds) | {
-        "files": {i: str(p) for i, p in files.items()}
+    by_class = {
+        name: [(i, files[i]) for i in indices if files[i].is_file()]
+        for name, indices in chosen.items()
     }
+    return summarize(per_class, skipped, len(pending), reused, seconds) | {"files": by_class}
 
 
 def _mean(rows: list[dict], key: str) -> float | None:

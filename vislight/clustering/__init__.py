@@ -1,0 +1,1 @@
+"""Clustering of the region graph: sparse affinity propagation and summary pruning."""

@@ -1,0 +1,1 @@
+"""Salient regions of a sharp mask: connected components and part proposals inside the mask."""

@@ -1,0 +1,1 @@
+"""Region similarity: faiss candidates re-weighted by flow (displacement) consistency."""

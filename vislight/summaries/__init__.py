@@ -1,0 +1,1 @@
+"""Visual summaries of a class: regions -> similarity graph -> affinity propagation -> pruning -> tags."""

@@ -1,0 +1,245 @@
+"""The ``summaries`` stage: for every class, regions of its masks -> similarity graph -> affinity
+propagation -> pruned summaries, tagged against ground-truth parts where the dataset has them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import adjusted_rand_score
+from tqdm.auto import tqdm
+
+from vislight.clustering.affinity import affinity_propagation, shifted_similarities
+from vislight.clustering.summaries import build_summaries
+from vislight.evaluation.tagging import (
+    BACKGROUND_TAG,
+    class_tagging,
+    part_reliance,
+    summary_tag,
+    tag_region,
+)
+from vislight.masks.cache import MaskCache
+from vislight.regions.describe import describe_regions
+from vislight.regions.extract import extract_regions
+from vislight.similarity.graph import similarity_graph
+from vislight.summaries.rle import rle_encode
+
+log = logging.getLogger(__name__)
+
+
+def _cluster(graph, median_similarity: float, cluster_cfg: Mapping):
+    shifted = shifted_similarities(graph)
+    if shifted.nnz == 0:
+        return np.full(graph.shape[0], -1), None
+    # Shifted similarities are s - 1 <= 0; the preference is a multiple of their median over
+    # all region pairs (estimated from a sample), as for dense affinity propagation.
+    preference = float(cluster_cfg["preference_factor"]) * (median_similarity - 1.0)
+    ap = affinity_propagation(
+        shifted,
+        preference,
+        damping=float(cluster_cfg["damping"]),
+        max_iter=int(cluster_cfg["max_iter"]),
+        convergence_iter=int(cluster_cfg["convergence_iter"]),
+    )
+    return ap.labels, ap
+
+
+def summarize_class(
+    classifier: torch.nn.Module,
+    dataset,
+    class_name: str,
+    target: int,
+    items: Sequence[tuple[int, Path]],
+    regions_cfg: Mapping,
+    similarity_cfg: Mapping,
+    cluster_cfg: Mapping,
+    mask_cfg: Mapping,
+    device: torch.device,
+) -> tuple[list[dict], dict]:
+    """Summaries (JSON-ready) and metrics of one class from its cached masks ``items``."""
+    layer = classifier.feature_module(similarity_cfg.get("layer"))
+    regions, image_id, drops, descs, geoms = [], [], [], [], []
+    for img_no, (index, path) in enumerate(
+        tqdm(items, desc=f"regions {class_name}", leave=False, mininterval=1.0)
+    ):
+        sharp = MaskCache.read(path)["sharp"]
+        item = dataset[index]
+        image = item["image"]
+        rgb = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        found = extract_regions(
+            sharp,
+            rgb,
+            min_area=float(regions_cfg["min_area"]),
+            proposals=bool(regions_cfg["proposals"]),
+            proposal_mode=str(regions_cfg["proposal_mode"]),
+            proposal_min_salient=float(regions_cfg["proposal_min_salient"]),
+            dedup_overlap=float(regions_cfg["dedup_overlap"]),
+            dedup_area_ratio=float(regions_cfg["dedup_area_ratio"]),
+            max_regions=int(regions_cfg["max_regions"]),
+        )
+        if not found:
+            continue
+        d = describe_regions(
+            classifier,
+            layer,
+            image.to(device),
+            np.stack([r.mask for r in found]),
+            target,
+            float(mask_cfg["blur_kernel"]),
+            float(mask_cfg["blur_sigma"]),
+            int(mask_cfg["reference_size"]),
+        )
+        for r in found:
+            regions.append({"index": int(index), "key": str(item["key"]), "region": r})
+            image_id.append(img_no)
+        drops.append(d["drop"])
+        descs.append(d["descriptor"])
+        geoms.append(d["geometry"])
+    metrics: dict = {"images": len(items), "regions": len(regions)}
+    if len(regions) < 2:
+        metrics["summaries"] = 0
+        return [], metrics
+    image_id = np.asarray(image_id)
+    drops, descs, geoms = np.concatenate(drops), np.concatenate(descs), np.concatenate(geoms)
+    if similarity_cfg.get("center", True):
+        # ReLU features are all positive, so raw cosines are all high: centre on the class's
+        # mean region descriptor so that cosine separates parts.
+        descs = descs - descs.mean(0, keepdims=True)
+        descs /= np.linalg.norm(descs, axis=1, keepdims=True).clip(min=1e-8)
+    side = int(dataset[items[0][0]]["image"].shape[-1])
+    sim_kw = dict(
+        k=int(similarity_cfg["k"]),
+        w_xy=float(similarity_cfg["w_xy"]) * side,
+        w_scale=float(similarity_cfg["w_scale"]),
+        approx_above=int(similarity_cfg["approx_above"]),
+        nprobe=int(similarity_cfg["nprobe"]),
+    )
+    graph, median = similarity_graph(
+        descs, image_id, geoms, mode=str(similarity_cfg["mode"]), **sim_kw
+    )
+    labels, ap = _cluster(graph, median, cluster_cfg)
+    metrics["edges"] = int(graph.nnz)
+    metrics["ap_clusters"] = int(len(ap.exemplars)) if ap is not None else 0
+    metrics["ap_converged"] = bool(ap.converged) if ap is not None else False
+    if similarity_cfg.get("compare_dense") and similarity_cfg["mode"] != "dense":
+        dense_labels, _ = _cluster(
+            *similarity_graph(descs, image_id, geoms, mode="dense", **sim_kw), cluster_cfg
+        )
+        metrics["ari_dense"] = float(adjusted_rand_score(dense_labels, labels))
+    summaries, stats = build_summaries(
+        labels,
+        graph,
+        image_id,
+        min_support=int(cluster_cfg["min_support"]),
+        min_support_fraction=float(cluster_cfg["min_support_fraction"]),
+        coherence_ratio=float(cluster_cfg["coherence_ratio"]),
+        outlier_ratio=float(cluster_cfg["outlier_ratio"]),
+    )
+    metrics.update(pruning=stats, summaries=len(summaries))
+    has_parts = hasattr(dataset, "parts")
+    part_cache: dict[int, np.ndarray] = {}
+    out = []
+    for s in summaries:
+        members = []
+        tags = []
+        for m, sim in zip(s.members, s.similarity):
+            info = regions[m]
+            r = info["region"]
+            member = {
+                "key": info["key"],
+                "index": info["index"],
+                "bbox": list(r.box),
+                "kind": r.kind,
+                "area": r.area / r.mask.size,
+                "drop": float(drops[m]),
+                "similarity": float(sim),
+                "mask_rle": rle_encode(r.mask),
+            }
+            if has_parts:
+                if info["index"] not in part_cache:
+                    part_cache[info["index"]] = dataset.parts(info["index"])
+                member["tag"] = tag_region(
+                    r.mask, part_cache[info["index"]], float(cluster_cfg["tag_min_share"])
+                )
+                tags.append(member["tag"])
+            members.append(member)
+        entry = {
+            "exemplar": members[0]["key"],
+            "support": s.support,
+            "coherence": s.coherence,
+            "mean_region_drop": float(np.mean([mm["drop"] for mm in members])),
+            "members": members,
+        }
+        if has_parts:
+            entry["tag"], entry["purity"] = summary_tag(tags)
+        out.append(entry)
+    if has_parts and hasattr(dataset, "class_parts"):
+        indices = [i for i, _ in items]
+        candidates = list(dataset.class_parts(target)) + ["watermark"]
+        reliance = part_reliance(classifier, dataset, indices, target, candidates, device)
+        needed = sorted(
+            p for p, dropv in reliance.items() if dropv >= float(cluster_cfg["needed_drop"])
+        )
+        metrics["part_drops"] = reliance
+        metrics["needed_parts"] = needed
+        metrics.update(class_tagging([(e["tag"], e["purity"]) for e in out], needed))
+    return out, metrics
+
+
+def run_summaries(
+    classifier: torch.nn.Module,
+    dataset,
+    mask_files: Mapping[str, Sequence[tuple[int, Path]]],
+    targets: Mapping[str, int],
+    cfg: Mapping,
+    device: torch.device,
+) -> tuple[dict, dict]:
+    """All classes: returns ``(summaries_json, metrics)`` where metrics holds ``classes`` and the
+    top-level ``mean_purity``, ``background_share``, ``part_recall``, ``mean_summaries``."""
+    classes_out, class_metrics = {}, {}
+    t0 = time.perf_counter()
+    for name, items in mask_files.items():
+        summaries, m = summarize_class(
+            classifier,
+            dataset,
+            name,
+            targets[name],
+            items,
+            cfg["regions"],
+            cfg["similarity"],
+            cfg["cluster"],
+            cfg["masks"],
+            device,
+        )
+        classes_out[name] = summaries
+        class_metrics[name] = m
+        log.info("summaries %s: %d regions -> %d summaries %s", name, m.get("regions", 0), m.get("summaries", 0),
+                 [(s.get("tag"), round(s.get("purity", 0), 2), s["support"]) for s in summaries])  # fmt: skip
+    all_summaries = [s for ss in classes_out.values() for s in ss]
+    tagged = [s for s in all_summaries if s.get("tag") not in (None, BACKGROUND_TAG)]
+    needed_pairs = [(c, p) for c, m in class_metrics.items() for p in m.get("needed_parts", [])]
+    found = {(c, p) for c, m in class_metrics.items() for p in m.get("found_parts", [])}
+    metrics = {
+        "classes": class_metrics,
+        "mean_summaries": float(np.mean([m.get("summaries", 0) for m in class_metrics.values()]))
+        if class_metrics
+        else 0.0,
+        "mean_purity": float(np.mean([s["purity"] for s in tagged])) if tagged else None,
+        "background_share": (
+            sum(s.get("tag") == BACKGROUND_TAG for s in all_summaries) / len(all_summaries)
+        )
+        if all_summaries and "tag" in all_summaries[0]
+        else None,
+        "part_recall": (sum(pair in found for pair in needed_pairs) / len(needed_pairs))
+        if needed_pairs
+        else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    aris = [m["ari_dense"] for m in class_metrics.values() if "ari_dense" in m]
+    if aris:
+        metrics["ari_dense_vs_faiss"] = float(np.mean(aris))
+    return {"classes": classes_out}, metrics
