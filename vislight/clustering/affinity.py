@@ -57,34 +57,44 @@ def affinity_propagation(
     order = np.lexsort((cols, rows))
     rows, cols, s = rows[order], cols[order], s[order]
     # Tiny deterministic noise breaks ties (as in the reference implementation).
-    s = s + 1e-12 * np.abs(s).max(initial=1.0) * np.random.default_rng(0).standard_normal(len(s))
+    s = s + 1e-6 * np.abs(s).max(initial=1.0) * np.random.default_rng(0).standard_normal(len(s))
     is_self = rows == cols
-    floor = s.min(initial=0.0) - 1.0
+    floor = np.float32(s.min(initial=0.0) - 1.0)
     starts = np.searchsorted(rows, np.arange(n))
-    e = np.arange(len(s))
-    r = np.zeros_like(s)
-    a = np.zeros_like(s)
+    s = s.astype(np.float32)
+    m = len(s)
+    r = np.zeros(m, np.float32)
+    a = np.zeros(m, np.float32)
+    buf = np.empty(m, np.float32)
     last = None
     stable = 0
     it = 0
     converged = False
     for step in range(1, max_iter + 1):
         it = step
-        as_ = a + s
-        max1 = np.maximum.reduceat(as_, starts)
-        arg1 = np.minimum.reduceat(np.where(as_ == max1[rows], e, len(s)), starts)
-        as2 = as_.copy()
-        as2[arg1] = -np.inf
-        # A point whose only edge is its self-loop has no second best: use a finite floor.
-        max2 = np.maximum(np.maximum.reduceat(as2, starts), floor)
-        other = np.where(e == arg1[rows], max2[rows], max1[rows])
-        r = damping * r + (1 - damping) * (s - other)
-        rp = np.where(is_self, r, np.maximum(r, 0))
-        colsum = np.bincount(cols, weights=rp, minlength=n)
-        a_new = colsum[cols] - rp
-        a_new = np.where(is_self, a_new, np.minimum(a_new, 0))
-        a = damping * a + (1 - damping) * a_new
-        ex = np.flatnonzero((a + r)[is_self] > 0)
+        # responsibilities: r(i,k) = s(i,k) - max_{k' != k} (a(i,k') + s(i,k'))
+        np.add(a, s, out=buf)
+        max1 = np.maximum.reduceat(buf, starts)
+        is_max = buf == max1[rows]
+        n_max = np.add.reduceat(is_max.astype(np.int32), starts)
+        buf[is_max] = -np.inf
+        max2 = np.maximum(np.maximum.reduceat(buf, starts), floor)
+        max2 = np.where(n_max > 1, max1, max2)  # a tie for the maximum: the second best equals it
+        other = np.where(is_max, max2[rows], max1[rows])
+        np.subtract(s, other, out=buf)
+        r *= damping
+        r += (1 - damping) * buf
+        # availabilities: a(i,k) = min(0, r(k,k) + sum_{i' not in {i,k}} max(0, r(i',k))), a(k,k) = sum_{i' != k} ...
+        rp = np.maximum(r, 0)
+        rp[is_self] = r[is_self]
+        colsum = np.bincount(cols, weights=rp, minlength=n).astype(np.float32)
+        np.subtract(colsum[cols], rp, out=buf)
+        diag = buf[is_self].copy()
+        np.minimum(buf, 0, out=buf)
+        buf[is_self] = diag
+        a *= damping
+        a += (1 - damping) * buf
+        ex = np.flatnonzero(a[is_self] + r[is_self] > 0)
         if last is not None and len(ex) == len(last) and np.array_equal(ex, last):
             stable += 1
         else:

@@ -13,6 +13,7 @@ the graph has O(N·k) edges; ``mode="dense"`` scores every pair of regions (smal
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -20,6 +21,8 @@ import scipy.sparse as sp
 
 
 def _faiss_index(dim: int, n: int, approx_above: int, nprobe: int, use_gpu: bool):
+    # faiss logs every SIMD build it cannot load at INFO level; that is not news to the user.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     import faiss
 
     if n > approx_above:
@@ -84,28 +87,27 @@ def best_matches(
     image_id: np.ndarray,
     regions: np.ndarray,
     images: np.ndarray,
-    chunk: int = 200_000,
+    chunk: int = 100_000,
 ) -> np.ndarray:
     """For each (region, image) pair, the region of that image most similar to it (cosine).
 
-    Exact and cheap because an image holds few regions: (P,) indices.
+    Exact and cheap because an image holds few regions (a padded (P, max regions) score matrix).
+    Returns (P,) indices.
     """
     n_img = int(image_id.max()) + 1
     by_image = np.argsort(image_id, kind="stable")
     count = np.bincount(image_id, minlength=n_img)
     start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    width = int(count.max())
+    slot = np.arange(width)
     out = np.empty(len(regions), dtype=np.int64)
     for lo in range(0, len(regions), chunk):
         r, j = regions[lo : lo + chunk], images[lo : lo + chunk]
-        c = count[j]
-        pair = np.repeat(np.arange(len(r)), c)
-        offs = np.arange(len(pair)) - np.repeat(np.cumsum(c) - c, c)
-        cand = by_image[start[j][pair] + offs]
-        score = np.einsum("ij,ij->i", desc[r[pair]], desc[cand])
-        order = np.lexsort((-score, pair))
-        first = np.ones(len(order), bool)
-        first[1:] = pair[order][1:] != pair[order][:-1]
-        out[lo : lo + chunk] = cand[order][first]
+        valid = slot[None, :] < count[j][:, None]
+        cand = by_image[np.minimum(start[j][:, None] + slot[None, :], len(by_image) - 1)]
+        score = np.einsum("pd,pmd->pm", desc[r], desc[cand], optimize=False)
+        score[~valid] = -np.inf
+        out[lo : lo + chunk] = cand[np.arange(len(r)), score.argmax(1)]
     return out
 
 
