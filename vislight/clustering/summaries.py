@@ -34,20 +34,24 @@ def build_summaries(
     min_support_fraction: float = 0.1,
     coherence_ratio: float = 0.9,
     outlier_ratio: float = 0.5,
+    n_images: int | None = None,
 ) -> tuple[list[Summary], dict]:
     """Prune AP clusters into summaries.
 
     1. keep at most one member per image (the most similar to the exemplar);
     2. drop outlier members (similarity < ``outlier_ratio`` × the cluster's median);
-    3. require support from ``max(min_support, ceil(min_support_fraction × images))`` images;
+    3. require support from ``max(2, min_support, ceil(min_support_fraction × n_images))`` images
+       (``n_images``: the images explained, default those with regions; a summary recurs, so it
+       needs two images at least);
     4. drop incoherent clusters (coherence < ``coherence_ratio`` × the median coherence of the
        class's clusters that passed 3).
 
     Returns the summaries (sorted by support, then coherence) and counts of what was dropped.
     """
     g = graph.tocsr()
-    n_images = len(np.unique(image_id))
-    need = max(int(min_support), math.ceil(min_support_fraction * n_images))
+    if n_images is None:
+        n_images = len(np.unique(image_id))
+    need = max(2, int(min_support), math.ceil(min_support_fraction * n_images))
     clusters = []
     for ex in np.unique(labels[labels >= 0]):
         members = np.flatnonzero(labels == ex)

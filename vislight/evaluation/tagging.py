@@ -38,7 +38,7 @@ def tag_region(region: np.ndarray, part_labels: np.ndarray, min_share: float = 0
 def summary_tag(member_tags: Sequence[str]) -> tuple[str, float]:
     """Majority tag of a summary and its purity (share of members with that tag)."""
     counts = Counter(member_tags)
-    # ties: prefer a part over background, then alphabetical, so the result is deterministic
+    # ties: prefer a part over background, then the name (reverse alphabetical), so the result is deterministic
     tag, n = max(counts.items(), key=lambda kv: (kv[1], kv[0] != BACKGROUND_TAG, kv[0]))
     return tag, n / len(member_tags)
 

@@ -102,6 +102,7 @@ def summarize_class(
     metrics: dict = {"images": len(items), "regions": len(regions)}
     if len(regions) < 2:
         metrics["summaries"] = 0
+        metrics.update(_part_metrics(classifier, dataset, items, target, [], cluster_cfg, device))
         return [], metrics
     image_id = np.asarray(image_id)
     drops, descs, geoms = np.concatenate(drops), np.concatenate(descs), np.concatenate(geoms)
@@ -138,6 +139,7 @@ def summarize_class(
         min_support_fraction=float(cluster_cfg["min_support_fraction"]),
         coherence_ratio=float(cluster_cfg["coherence_ratio"]),
         outlier_ratio=float(cluster_cfg["outlier_ratio"]),
+        n_images=len(items),
     )
     metrics.update(pruning=stats, summaries=len(summaries))
     has_parts = hasattr(dataset, "parts")
@@ -177,17 +179,23 @@ def summarize_class(
         if has_parts:
             entry["tag"], entry["purity"] = summary_tag(tags)
         out.append(entry)
-    if has_parts and hasattr(dataset, "class_parts"):
-        indices = [i for i, _ in items]
-        candidates = list(dataset.class_parts(target)) + ["watermark"]
-        reliance = part_reliance(classifier, dataset, indices, target, candidates, device)
-        needed = sorted(
-            p for p, dropv in reliance.items() if dropv >= float(cluster_cfg["needed_drop"])
-        )
-        metrics["part_drops"] = reliance
-        metrics["needed_parts"] = needed
-        metrics.update(class_tagging([(e["tag"], e["purity"]) for e in out], needed))
+    metrics.update(_part_metrics(classifier, dataset, items, target, out, cluster_cfg, device))
     return out, metrics
+
+
+def _part_metrics(
+    classifier, dataset, items, target: int, summaries: list[dict], cluster_cfg: Mapping, device
+) -> dict:
+    """Needed parts (deletion drops) and tagging metrics of a class, where the dataset renders parts."""
+    if not (hasattr(dataset, "parts") and hasattr(dataset, "class_parts")):
+        return {}
+    indices = [i for i, _ in items]
+    candidates = list(dataset.class_parts(target)) + ["watermark"]
+    reliance = part_reliance(classifier, dataset, indices, target, candidates, device)
+    needed = sorted(p for p, drop in reliance.items() if drop >= float(cluster_cfg["needed_drop"]))
+    return {"part_drops": reliance, "needed_parts": needed} | class_tagging(
+        [(e["tag"], e["purity"]) for e in summaries], needed
+    )
 
 
 def run_summaries(

@@ -82,7 +82,13 @@ def fit_or_load_classifier(
         classifier.net.load_state_dict(load_state_dict_file(weights))
         meta_file = cache_dir / "meta.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        info.update(trained=False, reused=True, train_seconds=0.0, val_acc=meta.get("val_acc"))
+        info.update(
+            trained=False,
+            reused=True,
+            train_seconds=0.0,
+            cached_train_seconds=meta.get("train_seconds"),
+            val_acc=meta.get("val_acc"),
+        )
         log.info("reusing trained classifier %s", weights)
     else:
         ckpt_dir = cache_dir / "lightning"
