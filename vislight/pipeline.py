@@ -12,6 +12,7 @@ with the reason).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from vislight.masks.optimize import MaskConfig
 from vislight.masks.stage import run_masks
 from vislight.models.classifier import Classifier
 from vislight.models.registry import build_classifier
+from vislight.report.html import write_report
 from vislight.summaries.stage import run_summaries
 from vislight.training.fit import classifier_cache_key, fit_or_load_classifier
 
@@ -102,6 +104,67 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"masks.early_stopping.patience={patience!r} is invalid: it must be an integer >= 1"
             )
+    checks = [
+        (
+            "train.epochs",
+            cfg.train.epochs,
+            lambda v: isinstance(v, int) and v >= 1,
+            "an integer >= 1",
+        ),
+        ("train.lr", cfg.train.lr, lambda v: v > 0, "a positive number"),
+        (
+            "data.batch_size",
+            cfg.data.batch_size,
+            lambda v: isinstance(v, int) and v >= 1,
+            "an integer >= 1",
+        ),
+    ]
+    if cfg.data.kind == "synth":
+        checks += [
+            (
+                "data.image_size",
+                cfg.data.image_size,
+                lambda v: isinstance(v, int) and 16 <= v <= 224,
+                "an integer in [16, 224]",
+            ),
+            (
+                "data.num_classes",
+                cfg.data.num_classes,
+                lambda v: isinstance(v, int) and 2 <= v <= 10,
+                "an integer in [2, 10]",
+            ),
+            (
+                "data.watermark.rate",
+                cfg.data.watermark.rate,
+                lambda v: 0 <= v <= 1,
+                "a fraction in [0, 1]",
+            ),
+        ]
+        for split in ("train", "val", "test"):
+            key = f"{split}_per_class"
+            checks.append(
+                (
+                    f"data.{key}",
+                    cfg.data[key],
+                    lambda v: isinstance(v, int) and v >= 1,
+                    "an integer >= 1",
+                )
+            )
+    elif cfg.data.kind in ("folder", "csv"):
+        root = cfg.data.get("root")
+        if not root:
+            raise ConfigError(
+                "data.root is not set: pass data.root=/path/to/images (a folder of class folders)"
+            )
+        if not Path(root).expanduser().is_dir():
+            raise ConfigError(f"data.root={root!r} does not exist: pass data.root=/path/to/images")
+    for key, value, ok, allowed in checks:
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{key}={value!r} is invalid: it must be {allowed}")
 
 
 def _model_cfg(cfg: DictConfig, num_classes: int | None = None) -> dict:
@@ -218,12 +281,75 @@ def stage_summaries(ctx: RunContext) -> None:
     )
 
 
+def stage_report(ctx: RunContext) -> None:
+    """Static HTML report (report/index.html, report/masks.html) from summaries.json and the masks."""
+    summaries_file = ctx.output_dir / "summaries.json"
+    if not summaries_file.is_file():
+        raise ConfigError("stages: 'report' needs the 'summaries' stage before it")
+    out = write_report(
+        ctx.output_dir,
+        ctx.datamodule.test_set,
+        json.loads(summaries_file.read_text()),
+        ctx.metrics,
+        (ctx.output_dir / "config.yaml").read_text(),
+        ctx.mask_files,
+        max_members=int(ctx.cfg.report.max_members),
+        max_masks=int(ctx.cfg.report.max_masks),
+    )
+    ctx.metrics["report"] = str(out["index"])
+    log_media(ctx.loggers, json.loads(summaries_file.read_text()), out)
+    log.info("report: %s", out["index"])
+
+
 STAGES: dict[str, Callable[[RunContext], None]] = {
     "classifier": stage_classifier,
     "evaluate": stage_evaluate,
     "masks": stage_masks,
     "summaries": stage_summaries,
+    "report": stage_report,
 }
+
+
+def log_media(loggers: list, summaries: dict, report: dict, max_masks: int = 16) -> None:
+    """W&B media: summary mosaics and example masks as images, and a table of the summaries."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in loggers:
+        if not isinstance(lg, WandbLogger):
+            continue
+        if report["mosaics"]:
+            lg.log_image(
+                "summaries/mosaics",
+                images=[str(p) for _, _, p in report["mosaics"]],
+                caption=[f"{c} #{k}" for c, k, _ in report["mosaics"]],
+            )
+        if report["masks"]:
+            lg.log_image("masks/examples", images=[str(p) for p in report["masks"][:max_masks]])
+        columns = [
+            "class",
+            "summary",
+            "tag",
+            "purity",
+            "support",
+            "coherence",
+            "faithfulness_ratio",
+            "mean_region_drop",
+        ]
+        rows = [
+            [
+                c,
+                k + 1,
+                s.get("tag"),
+                s.get("purity"),
+                s["support"],
+                s["coherence"],
+                (s.get("faithfulness") or {}).get("ratio"),
+                s["mean_region_drop"],
+            ]
+            for c, ss in summaries.get("classes", {}).items()
+            for k, s in enumerate(ss)
+        ]
+        lg.log_table("summaries/table", columns=columns, data=rows)
 
 
 def _make_loggers(cfg: DictConfig) -> list:

@@ -80,3 +80,39 @@ def describe_regions(
     pooled = (weights * feats).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1e-8)
     desc = F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32)
     return {"drop": drop.astype(np.float32), "descriptor": desc, "geometry": region_geometry(masks)}
+
+
+@torch.no_grad()
+def blur_drops(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    masks: np.ndarray,
+    target: int,
+    blur_kernel: float,
+    blur_sigma: float,
+    reference_size: int = 224,
+) -> np.ndarray:
+    """Relative drop of ``target``'s probability when each (H, W) region of ``masks`` (R, H, W) is
+    blurred in ``image`` (3, H, W): (R,) = (p(x) − p(Φ(x; 1 − region))) / p(x)."""
+    device = image.device
+    r = masks.shape[0]
+    _, h, w = image.shape
+    x = image.unsqueeze(0)
+    k, sigma = scaled_blur(min(h, w), blur_kernel, blur_sigma, reference_size)
+    blurred = gaussian_blur(x, k, sigma)
+    region = torch.from_numpy(masks).to(device=device, dtype=x.dtype).unsqueeze(1)
+    p_x = class_score(model(x), torch.tensor([target], device=device))
+    p = class_score(
+        model(perturb(x.expand(r, -1, -1, -1), 1 - region, blurred.expand(r, -1, -1, -1))),
+        torch.full((r,), target, device=device),
+    )
+    return ((p_x - p) / p_x.clamp_min(1e-12)).cpu().numpy().astype(np.float32)
+
+
+def random_placements(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The same region shapes moved to random places (cyclic shifts: area is kept exactly)."""
+    out = np.empty_like(masks)
+    h, w = masks.shape[1:]
+    for i, m in enumerate(masks):
+        out[i] = np.roll(m, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1))
+    return out

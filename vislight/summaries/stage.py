@@ -23,7 +23,7 @@ from vislight.evaluation.tagging import (
     tag_region,
 )
 from vislight.masks.cache import MaskCache
-from vislight.regions.describe import describe_regions
+from vislight.regions.describe import blur_drops, describe_regions, random_placements
 from vislight.regions.extract import extract_regions
 from vislight.similarity.graph import similarity_graph
 from vislight.summaries.rle import rle_encode
@@ -94,7 +94,9 @@ def summarize_class(
             int(mask_cfg["reference_size"]),
         )
         for r in found:
-            regions.append({"index": int(index), "key": str(item["key"]), "region": r})
+            regions.append(
+                {"index": int(index), "key": str(item["key"]), "region": r, "target": target}
+            )
             image_id.append(img_no)
         drops.append(d["drop"])
         descs.append(d["descriptor"])
@@ -174,6 +176,16 @@ def summarize_class(
             "support": s.support,
             "coherence": s.coherence,
             "mean_region_drop": float(np.mean([mm["drop"] for mm in members])),
+            "faithfulness": _faithfulness(
+                classifier,
+                dataset,
+                [regions[m] for m in s.members],
+                [mm["drop"] for mm in members],
+                target,
+                mask_cfg,
+                device,
+                seed=len(out),
+            ),
             "members": members,
         }
         if has_parts:
@@ -181,6 +193,40 @@ def summarize_class(
         out.append(entry)
     metrics.update(_part_metrics(classifier, dataset, items, target, out, cluster_cfg, device))
     return out, metrics
+
+
+def _faithfulness(
+    classifier,
+    dataset,
+    regions: list[dict],
+    drops: list[float],
+    target: int,
+    mask_cfg: Mapping,
+    device,
+    seed: int,
+    draws: int = 3,
+) -> dict:
+    """Mean drop when a summary's member regions are blurred in their own images, against the
+    same shapes blurred at random places of the same images (``draws`` placements each).
+    ``ratio`` > 1: the summary's parts matter more than chance regions of equal area."""
+    rng = np.random.default_rng(seed)
+    random = []
+    for info in regions:
+        image = dataset[info["index"]]["image"].to(device)
+        shapes = random_placements(np.repeat(info["region"].mask[None], draws, axis=0), rng)
+        random.extend(
+            blur_drops(
+                classifier,
+                image,
+                shapes,
+                info["target"],
+                float(mask_cfg["blur_kernel"]),
+                float(mask_cfg["blur_sigma"]),
+                int(mask_cfg["reference_size"]),
+            ).tolist()
+        )
+    ours, chance = float(np.mean(drops)), float(np.mean(random))
+    return {"drop": ours, "random_drop": chance, "ratio": ours / chance if chance > 1e-6 else None}
 
 
 def _part_metrics(
@@ -247,6 +293,11 @@ def run_summaries(
         else None,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    ratios = [
+        s["faithfulness"]["ratio"] for s in all_summaries if s["faithfulness"]["ratio"] is not None
+    ]
+    metrics["mean_faithfulness_ratio"] = float(np.mean(ratios)) if ratios else None
+    metrics["faithful_fraction"] = float(np.mean([r > 1 for r in ratios])) if ratios else None
     aris = [m["ari_dense"] for m in class_metrics.values() if "ari_dense" in m]
     if aris:
         metrics["ari_dense_vs_faiss"] = float(np.mean(aris))

@@ -1,0 +1,60 @@
+"""A whole run with W&B offline and the report stage: the offline run directory holds the metrics,
+the summary mosaics and mask examples as images, and the summaries table; the report exists."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import compose_config
+from omegaconf import open_dict
+
+from vislight.pipeline import run
+
+
+def test_offline_wandb_run_holds_metrics_media_and_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_config(
+        [
+            "logger=wandb",
+            "trainer=cpu",
+            "trainer.enable_progress_bar=false",
+            "stages=[classifier,evaluate,masks,summaries,report]",
+            "data.num_classes=3",
+            "data.image_size=32",
+            "data.train_per_class=80",
+            "data.val_per_class=5",
+            "data.test_per_class=10",
+            "train.epochs=10",
+            "masks.images_per_class=6",
+            "masks.smooth.iterations=60",
+            "masks.sharp.iterations=30",
+            "masks.blur_kernel=41",
+            "masks.blur_sigma=30",
+            "cluster.min_support=2",
+        ],
+        tmp_path,
+    )
+    with open_dict(cfg):
+        del cfg["hydra"]
+    out = tmp_path / "run"
+    metrics = run(cfg, out)
+    summaries = json.loads((out / "summaries.json").read_text())
+    n_summaries = sum(len(v) for v in summaries["classes"].values())
+    assert n_summaries >= 1
+    assert (out / "report" / "index.html").is_file() and (out / "report" / "masks.html").is_file()
+    assert metrics["report"].endswith("index.html")
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    files = runs[0] / "files"
+    images = list((files / "media" / "images").rglob("*.png"))
+    # every summary's mosaic plus the example masks
+    assert len(images) >= n_summaries + 1, images
+    tables = list((files / "media" / "table").rglob("*.table.json"))
+    assert tables, list(files.rglob("*"))
+    rows = json.loads(tables[0].read_text())["data"]
+    assert len(rows) == n_summaries
+    # the run's metrics were logged too (offline runs keep them in the .wandb record file)
+    records = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"metrics/accuracy", b"metrics/mean_summaries", b"timings/masks"):
+        assert key in records, key

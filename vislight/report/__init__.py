@@ -1,0 +1,1 @@
+"""Run reports: static HTML with summary mosaics and masks."""

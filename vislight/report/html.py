@@ -1,0 +1,191 @@
+"""Static HTML report of a run: ``report/index.html`` (summaries) and ``report/masks.html`` (masks).
+
+Viewable from disk with no server: images are PNG files under ``report/tiles/`` and
+``report/masks/``, referenced by relative paths. Every user-provided string (class names, image
+keys, file names, config values) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from vislight.masks.cache import MaskCache, safe_name
+from vislight.summaries.rle import rle_decode
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+h1{margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ccc}
+.meta{color:#555} .summary{border:1px solid #ddd;border-radius:6px;padding:.6em;margin:.8em 0}
+.summary h3{margin:.1em 0 .4em 0;font-size:1em} .tiles{display:flex;flex-wrap:wrap;gap:4px}
+img.tile{width:112px;height:112px;image-rendering:pixelated;border:1px solid #999}
+table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
+pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:30em}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return _e(value)
+
+
+def _to_uint8(image) -> np.ndarray:
+    """(3, H, W) float tensor in [0, 1] -> (H, W, 3) uint8."""
+    arr = image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return (arr * 255).round().astype(np.uint8)
+
+
+def region_tile(image: np.ndarray, region: np.ndarray, dim: float = 0.35) -> np.ndarray:
+    """The image with everything outside ``region`` dimmed and the region outlined in yellow."""
+    out = image.astype(np.float32)
+    out[~region] *= dim
+    edge = region & ~ndimage.binary_erosion(region, iterations=1)
+    out[edge] = (255, 230, 0)
+    return out.round().astype(np.uint8)
+
+
+def mask_tile(image: np.ndarray, sharp: np.ndarray) -> np.ndarray:
+    """The image with its salient pixels (mask < 0.5) tinted red."""
+    out = image.astype(np.float32)
+    sal = sharp < 0.5
+    out[sal] = 0.45 * out[sal] + 0.55 * np.array([255, 0, 0], dtype=np.float32)
+    return out.round().astype(np.uint8)
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def write_report(
+    output_dir: Path,
+    dataset,
+    summaries: Mapping,
+    metrics: Mapping,
+    config_yaml: str,
+    mask_files: Mapping[str, list[tuple[int, Path]]] | None = None,
+    max_members: int = 12,
+    max_masks: int = 24,
+) -> dict:
+    """Write ``report/index.html`` and ``report/masks.html``.
+
+    Returns ``{"index": path, "mosaics": [(class, summary number, png path)], "masks": [png paths]}``
+    (the mosaic of a summary is its member tiles side by side, for W&B).
+
+    Args:
+        dataset: the evaluated dataset (``dataset[index]["image"]``) to draw members from.
+        summaries: the content of ``summaries.json``.
+        metrics: the content of ``metrics.json``.
+        mask_files: per class, ``(index, mask file)`` of the explained images (masks view).
+    """
+    report = Path(output_dir) / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    classes = metrics.get("classes", {})
+    title = f"vislight: {metrics.get('model')} on {metrics.get('dataset')}"
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        "<p class='meta'>"
+        f"accuracy {_fmt(metrics.get('accuracy'), 4)} · summaries per class {_fmt(metrics.get('mean_summaries'), 2)} · "
+        f"mean purity {_fmt(metrics.get('mean_purity'))} · background share {_fmt(metrics.get('background_share'))} · "
+        f"part recall {_fmt(metrics.get('part_recall'))} · mean faithfulness ratio {_fmt(metrics.get('mean_faithfulness_ratio'))}"
+        " · <a href='masks.html'>per-image masks</a></p>",
+    ]
+    image_cache: dict[int, np.ndarray] = {}
+    mosaics: list[tuple[str, int, Path]] = []
+    mask_pngs: list[Path] = []
+
+    def image_of(index: int) -> np.ndarray:
+        if index not in image_cache:
+            image_cache[index] = _to_uint8(dataset[index]["image"])
+        return image_cache[index]
+
+    for class_name, class_summaries in summaries.get("classes", {}).items():
+        cm = classes.get(class_name, {})
+        folder = safe_name(class_name)
+        parts.append(f"<h2>{_e(class_name)}</h2>")
+        facts = [
+            f"{len(class_summaries)} summaries",
+            f"{cm.get('images', '–')} images",
+            f"{cm.get('regions', '–')} regions",
+        ]
+        if cm.get("needed_parts") is not None:
+            facts.append("needed parts: " + (_e(", ".join(cm["needed_parts"])) or "none"))
+            facts.append("parts found: " + (_e(", ".join(cm.get("found_parts") or [])) or "none"))
+        parts.append(f"<p class='meta'>{' · '.join(facts)}</p>")
+        for k, s in enumerate(sorted(class_summaries, key=lambda s: -s["support"])):
+            faith = s.get("faithfulness") or {}
+            head = [f"summary {k + 1}"]
+            if "tag" in s:
+                head.append(f"tag <b>{_e(s['tag'])}</b> (purity {_fmt(s.get('purity'), 2)})")
+            head += [
+                f"support {_e(s['support'])}",
+                f"coherence {_fmt(s['coherence'])}",
+                f"faithfulness {_fmt(faith.get('ratio'), 2)} (drop {_fmt(faith.get('drop'), 2)} vs random {_fmt(faith.get('random_drop'), 2)})",
+            ]
+            tiles = []
+            arrays = []
+            for j, m in enumerate(s["members"][:max_members]):
+                rel = f"tiles/{folder}/s{k:03d}_m{j:03d}.png"
+                arrays.append(region_tile(image_of(int(m["index"])), rle_decode(m["mask_rle"])))
+                _save(report / rel, arrays[-1])
+                caption = f"{m['key']} · sim {m['similarity']:.2f} · drop {m['drop']:.2f}" + (
+                    f" · {m['tag']}" if "tag" in m else ""
+                )
+                tiles.append(
+                    f"<img class='tile' src='{_e(rel)}' alt='{_e(caption)}' title='{_e(caption)}'>"
+                )
+            if arrays:
+                mosaic = report / f"tiles/{folder}/s{k:03d}_mosaic.png"
+                _save(mosaic, np.concatenate(arrays, axis=1))
+                mosaics.append((class_name, k + 1, mosaic))
+            parts.append(
+                f"<div class='summary'><h3>{' · '.join(head)}</h3><div class='tiles'>{''.join(tiles)}</div></div>"
+            )
+    parts.append(
+        "<h2>Metrics</h2><pre>" + _e(json.dumps(metrics, indent=2, default=str)) + "</pre>"
+    )
+    parts.append("<h2>Config</h2><pre>" + _e(config_yaml) + "</pre>")
+    # How many summary tiles actually rendered (for people, and for the headless-browser test).
+    parts.append(
+        "<p class='meta'>tiles shown: <span id='tiles-loaded'>?</span></p><script>"
+        "window.addEventListener('load',()=>{const n=[...document.querySelectorAll('img.tile')]"
+        ".filter(i=>i.complete&&i.naturalWidth>0&&i.getBoundingClientRect().width>0).length;"
+        "document.getElementById('tiles-loaded').textContent=String(n);});</script></body></html>"
+    )
+    index_file = report / "index.html"
+    index_file.write_text("\n".join(parts), encoding="utf-8")
+
+    mparts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}: masks</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}: masks</h1><p><a href='index.html'>summaries</a></p>",
+    ]
+    for class_name, items in (mask_files or {}).items():
+        folder = safe_name(class_name)
+        mparts.append(f"<h2>{_e(class_name)}</h2><div class='tiles'>")
+        for j, (image_index, path) in enumerate(items[:max_masks]):
+            d = MaskCache.read(Path(path))
+            rel = f"masks/{folder}/{j:04d}.png"
+            _save(report / rel, mask_tile(image_of(int(image_index)), d["sharp"]))
+            mask_pngs.append(report / rel)
+            caption = f"{d.get('key', image_index)} · drop {d.get('drop', float('nan')):.2f} · area {d.get('area', float('nan')):.2f}"
+            mparts.append(
+                f"<img class='tile mask' src='{_e(rel)}' alt='{_e(caption)}' title='{_e(caption)}'>"
+            )
+        mparts.append("</div>")
+    mparts.append("</body></html>")
+    (report / "masks.html").write_text("\n".join(mparts), encoding="utf-8")
+    return {"index": index_file, "mosaics": mosaics, "masks": mask_pngs}
