@@ -297,6 +297,8 @@ def run_summaries(
         s["faithfulness"]["ratio"] for s in all_summaries if s["faithfulness"]["ratio"] is not None
     ]
     metrics["mean_faithfulness_ratio"] = float(np.mean(ratios)) if ratios else None
+    # ratios explode when random regions change nothing: the median is the robust summary
+    metrics["median_faithfulness_ratio"] = float(np.median(ratios)) if ratios else None
     metrics["faithful_fraction"] = float(np.mean([r > 1 for r in ratios])) if ratios else None
     aris = [m["ari_dense"] for m in class_metrics.values() if "ari_dense" in m]
     if aris:
