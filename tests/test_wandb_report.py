@@ -42,6 +42,14 @@ def test_offline_wandb_run_holds_metrics_media_and_table(tmp_path, monkeypatch):
     summaries = json.loads((out / "summaries.json").read_text())
     n_summaries = sum(len(v) for v in summaries["classes"].values())
     assert n_summaries >= 1
+    for ss in summaries["classes"].values():
+        for s in ss:
+            f = s["faithfulness"]
+            assert f["faithful"] == (f["drop"] > f["random_drop"])
+            if f["ratio"] is not None:
+                assert abs(f["ratio"] - f["drop"] / f["random_drop"]) < 1e-9
+    faithful = [s["faithfulness"]["faithful"] for ss in summaries["classes"].values() for s in ss]
+    assert metrics["faithful_fraction"] == sum(faithful) / len(faithful)
     assert (out / "report" / "index.html").is_file() and (out / "report" / "masks.html").is_file()
     assert metrics["report"].endswith("index.html")
     runs = list((out / "wandb").glob("offline-run-*"))
