@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vislight.data.cub import CubPartsDataset
 from vislight.data.folder import ImageListDataset, scan_class_folders, scan_csv
 from vislight.data.synth import WorldConfig, class_designs
 from vislight.data.synth_dataset import SynthPartDataset
@@ -213,4 +214,53 @@ def build_datamodule(
             name=cfg.get("name", kind),
             **loader_kw,
         )
-    raise ValueError(f"data.kind={kind!r} is unknown; use one of ['synth', 'folder', 'csv']")
+    if kind == "cub":
+        if not cfg.get("root"):
+            raise ValueError("data.root is not set: pass data.root=/path/to/CUB_200_2011")
+        return CubDataModule(
+            root=cfg["root"],
+            classes=list(cfg["classes"]),
+            input_size=input_size or 224,
+            resize_size=resize_size,
+            label_map=cfg.get("label_map"),
+            label_names=cfg.get("label_names"),
+            split=cfg.get("split", "test"),
+            name=cfg.get("name", "cub"),
+            **loader_kw,
+        )
+    raise ValueError(f"data.kind={kind!r} is unknown; use one of ['synth', 'folder', 'csv', 'cub']")
+
+
+class CubDataModule(ClassificationDataModule):
+    """CUB birds with part locations: the evaluated split is ``split`` (official train/test)."""
+
+    def __init__(
+        self,
+        root,
+        classes,
+        input_size,
+        resize_size,
+        label_map,
+        label_names,
+        split,
+        name="cub",
+        **kw,
+    ):
+        super().__init__(name=name, **kw)
+        self.kw = dict(
+            root=root,
+            classes=classes,
+            input_size=input_size,
+            resize_size=resize_size,
+            label_map=label_map,
+            label_names=label_names,
+        )
+        self.split = split
+
+    def setup(self, stage: str | None = None):
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = CubPartsDataset(split="train", **self.kw)
+            self.val_set = Subset(self.train_set, range(0, len(self.train_set), 10))
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = CubPartsDataset(split=self.split, **self.kw)
+            self.classes = self.test_set.classes

@@ -145,6 +145,7 @@ def summarize_class(
     )
     metrics.update(pruning=stats, summaries=len(summaries))
     has_parts = hasattr(dataset, "parts")
+    has_keypoints = not has_parts and hasattr(dataset, "tag_region")
     part_cache: dict[int, np.ndarray] = {}
     out = []
     for s in summaries:
@@ -163,6 +164,13 @@ def summarize_class(
                 "similarity": float(sim),
                 "mask_rle": rle_encode(r.mask),
             }
+            if has_keypoints:
+                member["tag"] = dataset.tag_region(
+                    info["index"], r.mask, float(cluster_cfg.get("keypoint_margin", 0.04))
+                )
+                tags.append(member["tag"])
+            if hasattr(dataset, "on_object"):
+                member["on_object"] = dataset.on_object(info["index"], r.mask)
             if has_parts:
                 if info["index"] not in part_cache:
                     part_cache[info["index"]] = dataset.parts(info["index"])
@@ -188,8 +196,10 @@ def summarize_class(
             ),
             "members": members,
         }
-        if has_parts:
+        if tags:
             entry["tag"], entry["purity"] = summary_tag(tags)
+        if members and "on_object" in members[0]:
+            entry["on_object_share"] = float(np.mean([mm["on_object"] for mm in members]))
         out.append(entry)
     metrics.update(_part_metrics(classifier, dataset, items, target, out, cluster_cfg, device))
     return out, metrics
@@ -240,7 +250,12 @@ def _part_metrics(
 ) -> dict:
     """Needed parts (deletion drops) and tagging metrics of a class, where the dataset renders parts."""
     if not (hasattr(dataset, "parts") and hasattr(dataset, "class_parts")):
-        return {}
+        if not any("tag" in e for e in summaries):
+            return {}
+        # tags without renderable parts (keypoints): no needed parts, no recall
+        out = class_tagging([(e["tag"], e["purity"]) for e in summaries], [])
+        out.pop("part_recall")
+        return out
     indices = [i for i, _ in items]
     candidates = list(dataset.class_parts(target)) + ["watermark"]
     reliance = part_reliance(classifier, dataset, indices, target, candidates, device)
@@ -299,6 +314,9 @@ def run_summaries(
         else None,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    placed = [m["on_object"] for s in all_summaries for m in s["members"] if "on_object" in m]
+    if placed:
+        metrics["on_object_share"] = float(np.mean(placed))
     ratios = [
         s["faithfulness"]["ratio"] for s in all_summaries if s["faithfulness"]["ratio"] is not None
     ]

@@ -1,0 +1,185 @@
+"""CUB-200-2011 birds with their 15 part locations and bounding boxes (standard CUB layout).
+
+Items are the usual batch dicts (``image`` resized + centre-cropped like the classifier expects,
+``label``, ``index``, ``key``). :meth:`CubPartsDataset.keypoints` and :meth:`bbox` give the part
+locations and the bird's box in the *preprocessed* image's pixel coordinates, and
+:meth:`tag_region` tags a region with the part group (head, wing, leg, tail, body) that has the most
+visible keypoints inside it, grown by a margin (keypoints are points and regions are small).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from vislight.data.folder import content_key, load_rgb, preprocess
+
+PART_GROUPS: dict[str, tuple[str, ...]] = {
+    "head": ("beak", "crown", "forehead", "left eye", "right eye", "nape", "throat"),
+    "wing": ("left wing", "right wing"),
+    "leg": ("left leg", "right leg"),
+    "tail": ("tail",),
+    "body": ("back", "belly", "breast"),
+}
+BACKGROUND_TAG = "background"
+
+
+def _table(path: Path) -> list[list[str]]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: data.root must be a CUB-200-2011 folder (images.txt, parts/, ...)"
+        )
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def crop_transform(
+    width: int, height: int, input_size: int, resize_size: int | None
+) -> tuple[float, float, float]:
+    """(scale, x offset, y offset) mapping original pixel coordinates into the resized + centre-cropped
+    image, matching torchvision's ``resize(shorter side)`` then ``center_crop``."""
+    size = resize_size or input_size
+    if width <= height:
+        new_w, new_h = size, int(size * height / width)
+    else:
+        new_w, new_h = int(size * width / height), size
+    scale = new_w / width
+    left = int(round((new_w - input_size) / 2.0))
+    top = int(round((new_h - input_size) / 2.0))
+    return scale, float(left), float(top)
+
+
+class CubPartsDataset(Dataset):
+    """CUB images of the chosen classes and split, with keypoints and boxes.
+
+    Args:
+        root: the CUB folder (``images.txt``, ``image_class_labels.txt``, ``parts/part_locs.txt``...).
+        classes: CUB class ids (1-based) to include.
+        label_map: CUB class id -> label of the explained model (default: position in ``classes``).
+        label_names: label -> name (default: the CUB class folder name).
+        split: ``train``, ``test`` or ``all`` (the official split).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        classes: Sequence[int],
+        input_size: int,
+        resize_size: int | None = None,
+        label_map: Mapping[int, int] | None = None,
+        label_names: Mapping[int, str] | None = None,
+        split: str = "test",
+    ):
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"data.split={split!r} is invalid: use train, test or all")
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"data.root={str(self.root)!r} does not exist: point it at the CUB folder"
+            )
+        self.input_size, self.resize_size = int(input_size), resize_size
+        class_names = {int(i): name for i, name in _table(self.root / "classes.txt")}
+        unknown = [c for c in classes if int(c) not in class_names]
+        if unknown:
+            raise ValueError(
+                f"data.classes lists CUB classes {unknown} that {self.root} does not have"
+            )
+        label_map = {
+            int(k): int(v)
+            for k, v in (label_map or {int(c): k for k, c in enumerate(classes)}).items()
+        }
+        names = {int(k): str(v) for k, v in (label_names or {}).items()}
+        for c in classes:
+            names.setdefault(label_map[int(c)], class_names[int(c)])
+        self.classes = [names.get(i, str(i)) for i in range(max(names) + 1)]
+        paths = {int(i): p for i, p in _table(self.root / "images.txt")}
+        labels = {int(i): int(c) for i, c in _table(self.root / "image_class_labels.txt")}
+        is_train = {int(i): s == "1" for i, s in _table(self.root / "train_test_split.txt")}
+        wanted = {int(c) for c in classes}
+        self.ids = [
+            i
+            for i in sorted(paths)
+            if labels[i] in wanted and (split == "all" or is_train[i] == (split == "train"))
+        ]
+        self.labels = [label_map[labels[i]] for i in self.ids]
+        self.paths = [self.root / "images" / paths[i] for i in self.ids]
+        boxes = {
+            int(r[0]): tuple(float(v) for v in r[1:5])
+            for r in _table(self.root / "bounding_boxes.txt")
+        }
+        self.part_names = {
+            int(i): " ".join(rest) for i, *rest in _table(self.root / "parts" / "parts.txt")
+        }
+        locs: dict[int, list[tuple[int, float, float, bool]]] = {}
+        for r in _table(self.root / "parts" / "part_locs.txt"):
+            locs.setdefault(int(r[0]), []).append(
+                (int(r[1]), float(r[2]), float(r[3]), r[4] == "1")
+            )
+        sizes = {int(r[0]): (int(r[3]), int(r[4])) for r in _table(self.root / "sizes.txt")}
+        self._sizes = [sizes[i] for i in self.ids]
+        self._boxes = [boxes[i] for i in self.ids]
+        self._locs = [locs.get(i, []) for i in self.ids]
+        self.skipped: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def targets(self) -> list[int]:
+        return list(self.labels)
+
+    def _transform(self, index: int) -> tuple[float, float, float]:
+        width, height = self._sizes[index]  # stored image size (sizes.txt: id W H w h)
+        return crop_transform(width, height, self.input_size, self.resize_size)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        return {
+            "image": preprocess(load_rgb(path), self.input_size, self.resize_size),
+            "label": self.labels[index],
+            "index": index,
+            "key": content_key(path),
+        }
+
+    def keypoints(self, index: int) -> list[tuple[str, float, float]]:
+        """Visible part locations ``(group, x, y)`` in preprocessed pixel coordinates (inside the crop)."""
+        scale, left, top = self._transform(index)
+        group_of = {p: g for g, parts in PART_GROUPS.items() for p in parts}
+        out = []
+        for part_id, x, y, visible in self._locs[index]:
+            if not visible:
+                continue
+            px, py = x * scale - left, y * scale - top
+            if 0 <= px < self.input_size and 0 <= py < self.input_size:
+                out.append((group_of[self.part_names[part_id]], px, py))
+        return out
+
+    def bbox(self, index: int) -> tuple[float, float, float, float]:
+        """The bird's box ``(x0, y0, x1, y1)`` in preprocessed pixel coordinates."""
+        scale, left, top = self._transform(index)
+        x, y, w, h = self._boxes[index]
+        return (x * scale - left, y * scale - top, (x + w) * scale - left, (y + h) * scale - top)
+
+    def tag_region(self, index: int, region: np.ndarray, margin: float = 0.04) -> str:
+        """The part group with the most visible keypoints inside ``region`` (H, W) grown by
+        ``margin`` × the image side; ``background`` when none (ties: the first group listed)."""
+        grow = max(1, math.ceil(margin * region.shape[0]))
+        grown = ndimage.distance_transform_edt(~region) <= grow
+        counts = dict.fromkeys(PART_GROUPS, 0)
+        for group, x, y in self.keypoints(index):
+            if grown[int(y), int(x)]:
+                counts[group] += 1
+        best = max(counts, key=lambda g: counts[g])
+        return best if counts[best] > 0 else BACKGROUND_TAG
+
+    def on_object(self, index: int, region: np.ndarray) -> bool:
+        """Whether most of ``region``'s pixels lie inside the bird's box."""
+        x0, y0, x1, y1 = self.bbox(index)
+        ys, xs = np.nonzero(region)
+        if len(xs) == 0:
+            return False
+        inside = (xs + 0.5 >= x0) & (xs + 0.5 <= x1) & (ys + 0.5 >= y0) & (ys + 0.5 <= y1)
+        return bool(inside.mean() > 0.5)
