@@ -95,3 +95,23 @@ def small_cnn_cfg(arch: str = "resnet_small", num_classes: int = 6, input_size: 
         "feature_layer": None,
         **kw,
     }
+
+
+# A whole pipeline in a few seconds: 3 classes at 32 px, a briefly trained resnet_small, 6 masked
+# images per class with short mask optimisation (3 epochs leave resnet_small at chance: no masks).
+TINY_PIPELINE = [
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "data.num_classes=3",
+    "data.image_size=32",
+    "data.train_per_class=80",
+    "data.val_per_class=5",
+    "data.test_per_class=10",
+    "train.epochs=10",
+    "masks.images_per_class=6",
+    "masks.smooth.iterations=60",
+    "masks.sharp.iterations=30",
+    "masks.blur_kernel=41",
+    "masks.blur_sigma=30",
+    "cluster.min_support=2",
+]

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from conftest import compose_config, small_cnn_cfg
+from conftest import TINY_PIPELINE, compose_config, small_cnn_cfg
 from omegaconf import open_dict
 from scipy import ndimage
 from sklearn.cluster import AffinityPropagation
@@ -776,22 +776,8 @@ def _e2e_cfg(tmp):
     cfg = compose_config(
         [
             "logger=none",
-            "trainer=cpu",
-            "trainer.enable_progress_bar=false",
             "stages=[classifier,evaluate,masks,summaries]",
-            "data.num_classes=3",
-            "data.image_size=32",
-            "data.train_per_class=80",
-            "data.val_per_class=5",
-            "data.test_per_class=10",
-            # 3 epochs leave resnet_small at chance (few correct images, no summary); 10 take ~2 s.
-            "train.epochs=10",
-            "masks.images_per_class=6",
-            "masks.smooth.iterations=60",
-            "masks.sharp.iterations=30",
-            "masks.blur_kernel=41",
-            "masks.blur_sigma=30",
-            "cluster.min_support=2",
+            *TINY_PIPELINE,
         ],
         tmp,
     )

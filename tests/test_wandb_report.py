@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import compose_config
+from conftest import TINY_PIPELINE, compose_config
 from omegaconf import open_dict
 
 from vislight.pipeline import run
@@ -17,21 +17,8 @@ def test_offline_wandb_run_holds_metrics_media_and_table(tmp_path, monkeypatch):
     cfg = compose_config(
         [
             "logger=wandb",
-            "trainer=cpu",
-            "trainer.enable_progress_bar=false",
             "stages=[classifier,evaluate,masks,summaries,report]",
-            "data.num_classes=3",
-            "data.image_size=32",
-            "data.train_per_class=80",
-            "data.val_per_class=5",
-            "data.test_per_class=10",
-            "train.epochs=10",
-            "masks.images_per_class=6",
-            "masks.smooth.iterations=60",
-            "masks.sharp.iterations=30",
-            "masks.blur_kernel=41",
-            "masks.blur_sigma=30",
-            "cluster.min_support=2",
+            *TINY_PIPELINE,
         ],
         tmp_path,
     )

@@ -63,23 +63,18 @@ def describe_regions(
     Returns:
         ``{"drop": (R,), "descriptor": (R, C) float32 L2-normalised, "geometry": (R, 3)}``.
     """
-    device = image.device
-    r = masks.shape[0]
-    _, h, w = image.shape
     x = image.unsqueeze(0)
-    k, sigma = scaled_blur(min(h, w), blur_kernel, blur_sigma, reference_size)
-    blurred = gaussian_blur(x, k, sigma)
-    region = torch.from_numpy(masks).to(device=device, dtype=x.dtype).unsqueeze(1)  # (R, 1, H, W)
+    region = (
+        torch.from_numpy(masks).to(device=image.device, dtype=x.dtype).unsqueeze(1)
+    )  # (R, 1, H, W)
     with FeatureHook(layer) as hook:
-        p_x = class_score(model(x), torch.tensor([target], device=device))
+        model(x)
         feats = hook.output  # (1, C, h, w)
-    batch = perturb(x.expand(r, -1, -1, -1), 1 - region, blurred.expand(r, -1, -1, -1))
-    p = class_score(model(batch), torch.full((r,), target, device=device))
-    drop = ((p_x - p) / p_x.clamp_min(1e-12)).cpu().numpy()
     weights = F.adaptive_avg_pool2d(region, feats.shape[-2:])  # coverage of each feature cell
     pooled = (weights * feats).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1e-8)
     desc = F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32)
-    return {"drop": drop.astype(np.float32), "descriptor": desc, "geometry": region_geometry(masks)}
+    drop = blur_drops(model, image, masks, target, blur_kernel, blur_sigma, reference_size)
+    return {"drop": drop, "descriptor": desc, "geometry": region_geometry(masks)}
 
 
 @torch.no_grad()
