@@ -12,7 +12,12 @@ from conftest import compose_config, shared_path
 from PIL import Image
 
 import vislight
-from vislight.data.datamodule import FolderDataModule, SynthDataModule, build_datamodule
+from vislight.data.datamodule import (
+    CubDataModule,
+    FolderDataModule,
+    SynthDataModule,
+    build_datamodule,
+)
 from vislight.models import Classifier, MissingWeightsError, build_classifier
 from vislight.models.registry import FAMILIES
 from vislight.pipeline import ConfigError, _model_cfg, validate
@@ -61,7 +66,7 @@ def test_experiment_composes_and_builds(experiment, tmp_path):
         assert clf.num_classes == cfg.data.num_classes == len(dm.classes)
         assert clf.input_size == cfg.data.image_size
     else:
-        assert isinstance(dm, FolderDataModule) and dm.input_size == clf.input_size
+        assert isinstance(dm, FolderDataModule | CubDataModule) and dm.input_size == clf.input_size
     clf.feature_module()  # the configured feature layer exists
     with torch.no_grad():
         logits = clf(torch.rand(2, 3, clf.input_size, clf.input_size))

@@ -18,6 +18,7 @@ def test_offline_wandb_run_holds_metrics_media_and_table(tmp_path, monkeypatch):
         [
             "logger=wandb",
             "stages=[classifier,evaluate,masks,summaries,report]",
+            "baselines.enabled=true",
             *TINY_PIPELINE,
         ],
         tmp_path,
@@ -38,6 +39,11 @@ def test_offline_wandb_run_holds_metrics_media_and_table(tmp_path, monkeypatch):
     faithful = [s["faithfulness"]["faithful"] for ss in summaries["classes"].values() for s in ss]
     assert metrics["faithful_fraction"] == sum(faithful) / len(faithful)
     assert (out / "report" / "index.html").is_file() and (out / "report" / "masks.html").is_file()
+    # the baselines went through the same code and are compared in the report
+    assert set(metrics["baselines"]) == {"gradcam", "random", "kmeans"}
+    for b in metrics["baselines"].values():
+        assert {"mean_summaries", "mean_purity", "background_share", "faithful_fraction"} <= set(b)
+    assert "Against baselines" in (out / "report" / "index.html").read_text()
     assert metrics["report"].endswith("index.html")
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs

@@ -150,7 +150,7 @@ def validate(cfg: DictConfig) -> None:
                     "an integer >= 1",
                 )
             )
-    elif cfg.data.kind in ("folder", "csv"):
+    elif cfg.data.kind in ("folder", "csv", "cub"):
         root = cfg.data.get("root")
         if not root:
             raise ConfigError(

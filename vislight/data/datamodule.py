@@ -247,6 +247,7 @@ class CubDataModule(ClassificationDataModule):
         **kw,
     ):
         super().__init__(name=name, **kw)
+        self.input_size, self.resize_size = input_size, resize_size
         self.kw = dict(
             root=root,
             classes=classes,

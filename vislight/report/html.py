@@ -104,6 +104,29 @@ def write_report(
         f"part recall {_fmt(metrics.get('part_recall'))} · mean faithfulness ratio {_fmt(metrics.get('mean_faithfulness_ratio'))}"
         " · <a href='masks.html'>per-image masks</a></p>",
     ]
+    baselines = metrics.get("baselines") or {}
+    if baselines:
+        keys = (
+            "mean_summaries",
+            "mean_purity",
+            "background_share",
+            "on_object_share",
+            "faithful_fraction",
+            "median_faithfulness_ratio",
+        )
+        rows = [("vislight", metrics)] + list(baselines.items())
+        parts.append(
+            "<h2>Against baselines</h2><table><tr><th>method</th>"
+            + "".join(f"<th>{_e(k)}</th>" for k in keys)
+            + "</tr>"
+        )
+        for name, m in rows:
+            parts.append(
+                f"<tr><td>{_e(name)}</td>"
+                + "".join(f"<td>{_fmt(m.get(k))}</td>" for k in keys)
+                + "</tr>"
+            )
+        parts.append("</table>")
     image_cache: dict[int, np.ndarray] = {}
     mosaics: list[tuple[str, int, Path]] = []
     mask_pngs: list[Path] = []

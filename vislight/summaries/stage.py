@@ -26,6 +26,7 @@ from vislight.masks.cache import MaskCache
 from vislight.regions.describe import blur_drops, describe_regions, random_placements
 from vislight.regions.extract import extract_regions
 from vislight.similarity.graph import similarity_graph
+from vislight.summaries.baselines import BASELINES, kmeans_labels, sharp_source
 from vislight.summaries.rle import rle_encode
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,14 @@ def summarize_class(
     cluster_cfg: Mapping,
     mask_cfg: Mapping,
     device: torch.device,
+    sharp_of=None,
+    kmeans_k: int | None = None,
 ) -> tuple[list[dict], dict]:
-    """Summaries (JSON-ready) and metrics of one class from its cached masks ``items``."""
+    """Summaries (JSON-ready) and metrics of one class from its cached masks ``items``.
+
+    Baselines: ``sharp_of(our_sharp, image, target)`` replaces each mask before regions are cut;
+    ``kmeans_k`` clusters with k-means (fixed K) instead of affinity propagation.
+    """
     layer = classifier.feature_module(similarity_cfg.get("layer"))
     regions, image_id, drops, descs, geoms = [], [], [], [], []
     for img_no, (index, path) in enumerate(
@@ -69,6 +76,8 @@ def summarize_class(
         sharp = MaskCache.read(path)["sharp"]
         item = dataset[index]
         image = item["image"]
+        if sharp_of is not None:
+            sharp = sharp_of(sharp, image.to(device), target)
         rgb = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
         found = extract_regions(
             sharp,
@@ -124,7 +133,10 @@ def summarize_class(
     graph, median = similarity_graph(
         descs, image_id, geoms, mode=str(similarity_cfg["mode"]), **sim_kw
     )
-    labels, ap = _cluster(graph, median, cluster_cfg)
+    if kmeans_k:
+        labels, ap = kmeans_labels(descs, kmeans_k), None
+    else:
+        labels, ap = _cluster(graph, median, cluster_cfg)
     metrics["edges"] = int(graph.nnz)
     metrics["ap_clusters"] = int(len(ap.exemplars)) if ap is not None else 0
     metrics["ap_converged"] = bool(ap.converged) if ap is not None else False
@@ -274,9 +286,60 @@ def run_summaries(
     device: torch.device,
 ) -> tuple[dict, dict]:
     """All classes: returns ``(summaries_json, metrics)`` where metrics holds ``classes`` and the
-    top-level ``mean_purity``, ``background_share``, ``part_recall``, ``mean_summaries``."""
-    classes_out, class_metrics = {}, {}
+    top-level ``mean_purity``, ``background_share``, ``part_recall``, ``mean_summaries``,
+    faithfulness, ``on_object_share`` (keypoint datasets) and, when ``baselines.enabled``, the same
+    numbers for each baseline under ``baselines.<name>``."""
     t0 = time.perf_counter()
+    classes_out, class_metrics = _summarize_all(
+        classifier, dataset, mask_files, targets, cfg, device
+    )
+    metrics = aggregate(classes_out, class_metrics)
+    baselines_cfg = cfg.get("baselines") or {}
+    if baselines_cfg.get("enabled"):
+        metrics["baselines"] = {}
+        for name in baselines_cfg["names"]:
+            if name not in BASELINES:
+                raise ValueError(f"baselines.names holds {name!r}; known: {list(BASELINES)}")
+            kw = (
+                {"kmeans_k": int(baselines_cfg["kmeans_k"])}
+                if name == "kmeans"
+                else {
+                    "sharp_of": sharp_source(
+                        name,
+                        classifier,
+                        classifier.feature_module(cfg["similarity"].get("layer")),
+                        int(baselines_cfg.get("seed", 0)),
+                    )
+                }
+            )
+            b_out, b_metrics = _summarize_all(
+                classifier, dataset, mask_files, targets, cfg, device, **kw
+            )
+            agg = aggregate(b_out, b_metrics)
+            agg.pop("classes")
+            metrics["baselines"][name] = agg
+            log.info(
+                "baseline %s: %s",
+                name,
+                {
+                    k: agg.get(k)
+                    for k in (
+                        "mean_summaries",
+                        "mean_purity",
+                        "background_share",
+                        "on_object_share",
+                        "faithful_fraction",
+                    )
+                },
+            )
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    return {"classes": classes_out}, metrics
+
+
+def _summarize_all(
+    classifier, dataset, mask_files, targets, cfg, device, **kw
+) -> tuple[dict, dict]:
+    classes_out, class_metrics = {}, {}
     for name, items in mask_files.items():
         summaries, m = summarize_class(
             classifier,
@@ -289,11 +352,18 @@ def run_summaries(
             cfg["cluster"],
             cfg["masks"],
             device,
+            **kw,
         )
         classes_out[name] = summaries
         class_metrics[name] = m
-        log.info("summaries %s: %d regions -> %d summaries %s", name, m.get("regions", 0), m.get("summaries", 0),
-                 [(s.get("tag"), round(s.get("purity", 0), 2), s["support"]) for s in summaries])  # fmt: skip
+        if not kw:
+            log.info("summaries %s: %d regions -> %d summaries %s", name, m.get("regions", 0), m.get("summaries", 0),
+                     [(s.get("tag"), round(s.get("purity", 0), 2), s["support"]) for s in summaries])  # fmt: skip
+    return classes_out, class_metrics
+
+
+def aggregate(classes_out: Mapping[str, list[dict]], class_metrics: dict) -> dict:
+    """Top-level summary metrics over all classes."""
     all_summaries = [s for ss in classes_out.values() for s in ss]
     tagged = [s for s in all_summaries if s.get("tag") not in (None, BACKGROUND_TAG)]
     needed_pairs = [(c, p) for c, m in class_metrics.items() for p in m.get("needed_parts", [])]
@@ -312,7 +382,6 @@ def run_summaries(
         "part_recall": (sum(pair in found for pair in needed_pairs) / len(needed_pairs))
         if needed_pairs
         else None,
-        "seconds": round(time.perf_counter() - t0, 3),
     }
     placed = [m["on_object"] for s in all_summaries for m in s["members"] if "on_object" in m]
     if placed:
@@ -330,4 +399,4 @@ def run_summaries(
     aris = [m["ari_dense"] for m in class_metrics.values() if "ari_dense" in m]
     if aris:
         metrics["ari_dense_vs_faiss"] = float(np.mean(aris))
-    return {"classes": classes_out}, metrics
+    return metrics
