@@ -61,7 +61,7 @@ def _write(tmp_path, max_members=12):
         "model": "m",
         "dataset": EVIL,
         "accuracy": 0.9,
-        "classes": {EVIL: {"needed_parts": ["disc"]}},
+        "classes": {EVIL: {"needed_parts": ["disc"]}, "plain": {"found_parts": ["head", "wing"]}},
     }
     return write_report(
         tmp_path, TinyDataset(), _summaries(), metrics, f"name: {EVIL}\n", max_members=max_members
@@ -79,6 +79,8 @@ def test_report_has_one_tile_per_member_and_mosaics(tmp_path):
     first = html.index("support 3")
     assert first < html.index("support 2")
     assert (tmp_path / "report" / "masks.html").is_file()
+    # the part groups each class's summaries found are listed (also without needed parts)
+    assert "parts found: head, wing" in html
 
 
 def test_report_caps_members_per_summary(tmp_path):

@@ -147,7 +147,8 @@ def write_report(
         ]
         if cm.get("needed_parts") is not None:
             facts.append("needed parts: " + (_e(", ".join(cm["needed_parts"])) or "none"))
-            facts.append("parts found: " + (_e(", ".join(cm.get("found_parts") or [])) or "none"))
+        if cm.get("found_parts") is not None:
+            facts.append("parts found: " + (_e(", ".join(cm["found_parts"])) or "none"))
         parts.append(f"<p class='meta'>{' · '.join(facts)}</p>")
         for k, s in enumerate(sorted(class_summaries, key=lambda s: -s["support"])):
             faith = s.get("faithfulness") or {}
