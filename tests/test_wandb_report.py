@@ -43,6 +43,7 @@ def test_offline_wandb_run_holds_metrics_media_and_table(tmp_path, monkeypatch):
     assert set(metrics["baselines"]) == {"gradcam", "random", "kmeans"}
     for b in metrics["baselines"].values():
         assert {"mean_summaries", "mean_purity", "background_share", "faithful_fraction"} <= set(b)
+        assert set(b["classes"]) == set(summaries["classes"])
     assert "Against baselines" in (out / "report" / "index.html").read_text()
     assert metrics["report"].endswith("index.html")
     runs = list((out / "wandb").glob("offline-run-*"))

@@ -213,6 +213,9 @@ def summarize_class(
         if members and "on_object" in members[0]:
             entry["on_object_share"] = float(np.mean([mm["on_object"] for mm in members]))
         out.append(entry)
+    placed = [m["on_object"] for e in out for m in e["members"] if "on_object" in m]
+    if placed:
+        metrics["on_object_share"] = float(np.mean(placed))
     metrics.update(_part_metrics(classifier, dataset, items, target, out, cluster_cfg, device))
     return out, metrics
 
@@ -316,7 +319,16 @@ def run_summaries(
                 classifier, dataset, mask_files, targets, cfg, device, **kw
             )
             agg = aggregate(b_out, b_metrics)
-            agg.pop("classes")
+            per_class = (
+                "summaries",
+                "purity",
+                "background_share",
+                "on_object_share",
+                "found_parts",
+            )
+            agg["classes"] = {
+                c: {k: v.get(k) for k in per_class if k in v} for c, v in agg["classes"].items()
+            }
             metrics["baselines"][name] = agg
             log.info(
                 "baseline %s: %s",
