@@ -27,7 +27,7 @@ def load_rgb(path: Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P") or (im.mode == "P" and "transparency" in im.info):
+            if im.mode in ("RGBA", "LA", "P"):
                 rgba = im.convert("RGBA")
                 canvas = Image.new("RGB", rgba.size, (255, 255, 255))
                 canvas.paste(rgba, mask=rgba.getchannel("A"))
