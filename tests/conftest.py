@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
@@ -115,3 +117,15 @@ TINY_PIPELINE = [
     "masks.blur_sigma=30",
     "cluster.min_support=2",
 ]
+
+
+def run_vislight(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m vislight ARGS`` from the project root with W&B off; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "vislight", *args],
+        cwd=vislight.PROJECT_ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

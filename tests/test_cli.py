@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
-from conftest import SUBPROCESS_ENV
-
-import vislight
+from conftest import run_vislight
 
 
 def _vislight(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vislight", *args],
-        cwd=vislight.PROJECT_ROOT,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_vislight(*args, timeout=timeout)
 
 
 def test_help_lists_the_experiments():

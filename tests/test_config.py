@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import compose_config, shared_path
+from omegaconf import open_dict
 from PIL import Image
 
 import vislight
@@ -18,6 +19,7 @@ from vislight.data.datamodule import (
     SynthDataModule,
     build_datamodule,
 )
+from vislight.data.imagenet import resolve_classes
 from vislight.models import Classifier, MissingWeightsError, build_classifier
 from vislight.models.registry import FAMILIES
 from vislight.pipeline import ConfigError, _model_cfg, validate
@@ -51,6 +53,14 @@ def test_experiment_composes_and_builds(experiment, tmp_path):
     assert cfg.paths.output_dir == str(tmp_path / "run")
     if _uses_shared(cfg) and not shared_path().is_dir():
         pytest.skip(f"../shared is absent: {experiment} reads its data or weights from it")
+    if cfg.data.kind == "imagenet":  # the user's ImageNet folder and weights: stand-ins
+        with pytest.raises(ConfigError, match="data.root is not set"):
+            validate(cfg)
+        for c in resolve_classes(cfg.data.classes):
+            (tmp_path / "imagenet" / c.synset).mkdir(parents=True)
+        with open_dict(cfg):
+            cfg.data.root = str(tmp_path / "imagenet")
+            cfg.model.pretrained = False
     validate(cfg)
     model_cfg = _model_cfg(cfg)
     dm = build_datamodule(
@@ -183,6 +193,7 @@ def test_default_config_is_valid(tmp_path):
         (["data.image_size=8"], "data.image_size"),
         (["data.test_per_class=0"], "data.test_per_class"),
         (["stages=[bogus]"], "stages"),
+        (["masks.precision=fp8"], "masks.precision"),
         (["stages=[evaluate]"], "stages"),
         (["data=folder"], "data.root"),
         (["data=folder", "data.root=/nonexistent/images"], "data.root"),
@@ -242,3 +253,16 @@ def test_folder_datamodule_requires_a_root(tmp_path):
         build_datamodule({"kind": "folder", "root": str(tmp_path / "missing")}, input_size=32)
     with pytest.raises(ValueError, match=r"data\.kind"):
         build_datamodule({"kind": "parquet"})
+
+
+def test_run_folder_is_shared_by_the_tasks_of_a_slurm_step(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert vislight.run_stamp()[:2] == "20"  # a time stamp
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: nothing to share
+    assert vislight.run_stamp()[:2] == "20"
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert vislight.run_stamp() == "slurm-4242.0"
+    cfg = compose_config(["paths.log_dir=/scratch/out"])
+    assert cfg.paths.output_dir == "/scratch/out/runs/slurm-4242.0"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -11,9 +13,20 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 
 
+def run_stamp() -> str:
+    """Name of a new run folder: the time, or ``slurm-<job>.<step>`` when several SLURM tasks run
+    one job step (each task composes its own config; they must agree on the folder)."""
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    if job and step and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        return f"slurm-{job}.{step}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("vislight_root"):
         OmegaConf.register_new_resolver("vislight_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("vislight_run_stamp"):
+        OmegaConf.register_new_resolver("vislight_run_stamp", run_stamp)
     if not OmegaConf.has_resolver("not"):
         OmegaConf.register_new_resolver("not", lambda x: not x)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,16 +24,16 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vislight.data.datamodule import ClassificationDataModule, build_datamodule
+from vislight.data.imagenet import check_synset_folder, resolve_classes
 from vislight.evaluation.accuracy import evaluate_accuracy
 from vislight.io import write_json
 from vislight.masks.optimize import MaskConfig
 from vislight.masks.stage import run_masks
 from vislight.models.classifier import Classifier
 from vislight.models.registry import build_classifier
-from vislight.report.html import write_report
-from vislight.summaries.stage import run_summaries
 from vislight.training.fit import classifier_cache_key, fit_or_load_classifier
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,28 @@ class RunContext:
     mask_files: dict[str, list[tuple[int, Path]]] | None = None
 
     def save_metrics(self) -> None:
-        write_json(self.output_dir / "metrics.json", self.metrics)
+        if global_rank() == 0:  # one writer under a multi-device strategy
+            write_json(self.output_dir / "metrics.json", self.metrics)
+
+
+def local_rank() -> int:
+    """This process's device index on its node (set by Lightning's DDP launcher, torchrun or SLURM)."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+
+
+def global_rank() -> int:
+    """This process's rank among all processes of a multi-device run (0 when alone)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(rank_zero_only.rank)
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` = this process's GPU (``cuda:LOCAL_RANK``) when one is visible, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{local_rank() % torch.cuda.device_count()}")
+        return torch.device("cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -150,13 +167,20 @@ def validate(cfg: DictConfig) -> None:
                     "an integer >= 1",
                 )
             )
-    elif cfg.data.kind in ("folder", "csv", "cub"):
+    elif cfg.data.kind in ("folder", "csv", "cub", "imagenet"):
         root = cfg.data.get("root")
+        if not root and cfg.data.kind == "imagenet":
+            raise ConfigError(
+                "data.root is not set: pass data.root=/path/to/ILSVRC2012/val (a folder of "
+                "ImageNet synset folders n01440764/ ...)"
+            )
         if not root:
             raise ConfigError(
                 "data.root is not set: pass data.root=/path/to/images (a folder of class folders)"
             )
-        if not Path(root).expanduser().is_dir():
+        if cfg.data.kind == "imagenet":  # the synset folders of every requested class
+            check_synset_folder(root, resolve_classes(cfg.data.get("classes") or range(1000)))
+        elif not Path(root).expanduser().is_dir():
             raise ConfigError(f"data.root={root!r} does not exist: pass data.root=/path/to/images")
     for key, value, ok, allowed in checks:
         try:
@@ -184,6 +208,7 @@ def stage_classifier(ctx: RunContext) -> None:
     if model_cfg["num_classes"] is None:
         dm.setup("test")
         model_cfg["num_classes"] = len(dm.classes)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same random init on every rank
     classifier = build_classifier(model_cfg)  # fails early on missing weights
     info: dict = {"trained": False, "reused": False}
     if cfg.train.enabled:
@@ -260,6 +285,8 @@ def stage_masks(ctx: RunContext) -> None:
 
 def stage_summaries(ctx: RunContext) -> None:
     """Regions, similarity graph, affinity propagation and pruning per class; tags where known."""
+    from vislight.summaries.stage import run_summaries  # faiss, OpenCV: only when needed
+
     if ctx.mask_files is None:
         raise ConfigError("stages: 'summaries' needs the 'masks' stage before it")
     dm = ctx.datamodule
@@ -283,6 +310,8 @@ def stage_summaries(ctx: RunContext) -> None:
 
 def stage_report(ctx: RunContext) -> None:
     """Static HTML report (report/index.html, report/masks.html) from summaries.json and the masks."""
+    from vislight.report.html import write_report
+
     summaries_file = ctx.output_dir / "summaries.json"
     if not summaries_file.is_file():
         raise ConfigError("stages: 'report' needs the 'summaries' stage before it")
@@ -308,6 +337,10 @@ STAGES: dict[str, Callable[[RunContext], None]] = {
     "summaries": stage_summaries,
     "report": stage_report,
 }
+
+
+# Stages every process of a multi-device run takes part in (the later ones run on rank 0 alone).
+ALL_RANK_STAGES = ("classifier", "evaluate", "masks")
 
 
 def log_media(loggers: list, summaries: dict, report: dict, max_masks: int = 16) -> None:
@@ -377,12 +410,17 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     validate(cfg)
     output_dir = Path(output_dir or cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if global_rank() == 0:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     ctx = RunContext(cfg=cfg, output_dir=output_dir, device=resolve_device(cfg.device))
     ctx.metrics.update(model=cfg.model.name, dataset=cfg.data.name, accuracy=None, timings={})
-    ctx.loggers = _make_loggers(cfg)
+    ctx.loggers = _make_loggers(cfg) if global_rank() == 0 else []
     try:
         for name in cfg.stages:
+            if name not in ALL_RANK_STAGES and global_rank() != 0:
+                # Multi-device run: the other ranks helped with training and masks; rank 0 goes on.
+                log.info("rank %d: done after the multi-device stages", global_rank())
+                return ctx.metrics
             t0 = time.perf_counter()
             log.info("stage %s", name)
             STAGES[name](ctx)

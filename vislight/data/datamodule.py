@@ -2,7 +2,7 @@
 
 Batches are dicts with ``image`` (B, 3, H, W) float in [0, 1], ``label`` (B,), ``index`` (B,) and
 ``key`` (list of B str). ``build_datamodule(data_cfg, classifier)`` picks the module from
-``data.kind`` (``synth`` | ``folder`` | ``csv``).
+``data.kind`` (``synth`` | ``folder`` | ``csv`` | ``cub`` | ``imagenet``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from vislight.data.cub import CubPartsDataset
 from vislight.data.folder import ImageListDataset, scan_class_folders, scan_csv
+from vislight.data.imagenet import check_synset_folder, imagenet_classes, resolve_classes
 from vislight.data.synth import WorldConfig, class_designs
 from vislight.data.synth_dataset import SynthPartDataset
 
@@ -110,10 +111,12 @@ class FolderDataModule(ClassificationDataModule):
         csv_columns=None,
         label_map=None,
         label_names=None,
+        max_per_class=None,
         name="folder",
         **kw,
     ):
         super().__init__(name=name, **kw)
+        self.max_per_class = int(max_per_class) if max_per_class else None
         self.root = Path(root).expanduser()
         self.input_size, self.resize_size = input_size, resize_size
         self.class_filter = list(classes) if classes else None
@@ -136,7 +139,7 @@ class FolderDataModule(ClassificationDataModule):
             )
         else:
             items, classes, skipped = scan_class_folders(
-                root, self.class_filter, self.label_map, self.label_names
+                root, self.class_filter, self.label_map, self.label_names, self.max_per_class
             )
         ds = ImageListDataset(items, classes, self.input_size, self.resize_size)
         self.classes = classes
@@ -214,6 +217,22 @@ def build_datamodule(
             name=cfg.get("name", kind),
             **loader_kw,
         )
+    if kind == "imagenet":
+        if not cfg.get("root"):
+            raise ValueError("data.root is not set: pass data.root=/path/to/ILSVRC2012/val")
+        wanted = resolve_classes(cfg.get("classes") or range(1000))
+        check_synset_folder(cfg["root"], wanted)
+        return FolderDataModule(
+            root=cfg["root"],
+            input_size=input_size or 224,
+            resize_size=resize_size,
+            classes=[c.synset for c in wanted],
+            label_map={c.synset: c.index for c in wanted},
+            label_names={c.index: c.name for c in imagenet_classes()},
+            max_per_class=cfg.get("max_per_class"),
+            name=cfg.get("name", kind),
+            **loader_kw,
+        )
     if kind == "cub":
         if not cfg.get("root"):
             raise ValueError("data.root is not set: pass data.root=/path/to/CUB_200_2011")
@@ -228,7 +247,9 @@ def build_datamodule(
             name=cfg.get("name", "cub"),
             **loader_kw,
         )
-    raise ValueError(f"data.kind={kind!r} is unknown; use one of ['synth', 'folder', 'csv', 'cub']")
+    raise ValueError(
+        f"data.kind={kind!r} is unknown; use one of ['synth', 'folder', 'csv', 'cub', 'imagenet']"
+    )
 
 
 class CubDataModule(ClassificationDataModule):

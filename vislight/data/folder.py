@@ -107,11 +107,13 @@ def scan_class_folders(
     classes: list[str] | None = None,
     label_map: Mapping[str, int] | None = None,
     label_names: Mapping[int, str] | None = None,
+    max_per_class: int | None = None,
 ) -> tuple[list[tuple[Path, int]], list[str], list[dict]]:
     """``root/<class>/<file>`` -> (items, class names in label order, skipped entries).
 
     Labels are folder positions in ``classes`` (alphabetical by default), or ``label_map[folder]``
     when given (e.g. CUB albatross folders -> ImageNet index 146, named by ``label_names``).
+    ``max_per_class`` keeps the first image files of each folder in name order.
     """
     if label_map:
         classes = list(classes or label_map)
@@ -141,6 +143,8 @@ def scan_class_folders(
         files = sorted(p for p in (root / name).iterdir() if p.is_file())
         n_before = len(items)
         for p in files:
+            if max_per_class and len(items) - n_before >= max_per_class:
+                break
             if p.suffix.lower() in IMAGE_EXTENSIONS:
                 items.append((p, label))
             else:

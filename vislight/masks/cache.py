@@ -31,7 +31,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def config_fingerprint(cfg: MaskConfig) -> str:
-    return hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of the settings that change a mask: channels_last never does, float32 precision keeps
+    the fingerprint masks had before the option existed, so their caches stay valid."""
+    d = asdict(cfg)
+    d.pop("channels_last")
+    if d["precision"] == "32":
+        d.pop("precision")
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def image_fingerprint(image: torch.Tensor) -> str:

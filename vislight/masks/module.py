@@ -35,6 +35,8 @@ class MaskModule(pl.LightningModule):
         )
         self.classifier.eval()
         self.classifier.requires_grad_(False)
+        if self.mask_cfg.channels_last:
+            self.classifier.to(memory_format=torch.channels_last)
 
     def on_predict_end(self) -> None:
         if self._saved_state is not None:
@@ -53,6 +55,7 @@ class MaskModule(pl.LightningModule):
                 "target": int(batch["target"][i]),
                 "key": str(batch["key"][i]),
                 "class_name": str(batch["class_name"][i]),
+                "rank": int(self.global_rank),  # which process of a multi-device run made it
             }
             path = self.cache.path(meta["class_name"], batch["image"][i], meta["key"])
             self.cache.write(path, result, i, meta)

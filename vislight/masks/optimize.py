@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from vislight.masks.energy import class_score, mask_energy
 from vislight.masks.perturbation import disc_init, gaussian_blur, perturb, scaled_blur
 
+PRECISIONS = {"32": None, "bf16": torch.bfloat16}
+
 
 @dataclass(frozen=True)
 class StageConfig:
@@ -44,6 +46,11 @@ class MaskConfig:
     early_stopping: bool = False
     patience: int = 30
     min_delta: float = 1e-4
+    # Network forward/backward in this precision ("32" or "bf16" autocast); masks, Adam state and
+    # energies stay float32.
+    precision: str = "32"
+    # Feed the network channels-last tensors (faster convolutions on recent GPUs; same results).
+    channels_last: bool = False
 
     @classmethod
     def from_cfg(cls, cfg: Mapping) -> MaskConfig:
@@ -56,7 +63,7 @@ class MaskConfig:
                     **{k: st[k] for k in ("iterations", "lr", "l1", "tv", "tv_beta", "binarize")}
                 )
             elif f.name in cfg:
-                kw[f.name] = cfg[f.name]
+                kw[f.name] = str(cfg[f.name]) if f.name == "precision" else cfg[f.name]
         es = cfg.get("early_stopping") or {}
         if isinstance(es, Mapping):
             kw.update(
@@ -85,6 +92,10 @@ class MaskConfig:
         if self.downsample < 1:
             raise ValueError(
                 f"masks.downsample={self.downsample!r} is invalid: it must be an integer >= 1"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"masks.precision={self.precision!r} is invalid: use one of {sorted(PRECISIONS)}"
             )
         if self.blur_sigma <= 0 or self.blur_kernel < 1:
             raise ValueError("masks.blur_sigma and masks.blur_kernel must be > 0")
@@ -149,6 +160,18 @@ class _BatchAdam:
             self.p[idx], self.m[idx], self.v[idx] = p, m, v
 
 
+def network_scores(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: MaskConfig
+) -> torch.Tensor:
+    """Class scores (B,) of ``model`` on images x (B, 3, H, W), in ``cfg.precision`` and layout."""
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = PRECISIONS[cfg.precision]
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = model(x)
+    return class_score(logits.float(), target)
+
+
 def _reg_grad(mask: torch.Tensor, st: StageConfig) -> torch.Tensor:
     """Analytic gradient of the regularisers (area, TV, binarisation) w.r.t. a mask in [0, 1].
 
@@ -193,9 +216,12 @@ def _run_stage(
     best = torch.full((b,), math.inf, device=param.device)
     stale = torch.zeros(b, dtype=torch.long, device=param.device)
     for _ in range(st.iterations):
-        idx = None if bool(active.all()) else active.nonzero().squeeze(1)
-        if idx is not None and idx.numel() == 0:
-            break
+        # Without early stopping every image stays active: no device->host sync per step.
+        idx = None
+        if cfg.early_stopping and not bool(active.all()):
+            idx = active.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
         p = param if idx is None else param[idx]
         bs, ds, ts = (
             (blurred, diff, target) if idx is None else (blurred[idx], diff[idx], target[idx])
@@ -207,14 +233,14 @@ def _run_stage(
             .clone()
             .requires_grad_(True)
         )
-        score = class_score(model(bs + mask * ds), ts)
+        score = network_scores(model, bs + mask * ds, ts, cfg)
         (grad,) = torch.autograd.grad(score.sum(), mask)
         mask = mask.detach()
         grad += _reg_grad(mask, st)
         if lift is not None:
             grad = lift[0].T @ grad @ lift[1]
         adam.step(grad, idx)
-        used[active] += 1
+        used += active
         if cfg.early_stopping:
             e = mask_energy(score.detach(), mask, st.l1, st.tv, st.tv_beta, st.binarize)
             rows = active.nonzero().squeeze(1)
@@ -287,9 +313,9 @@ def optimize_masks(
     sharp = smooth.clone()
     used = used + _run_stage(model, blurred, diff, target, sharp, None, cfg.sharp, cfg, on_step)
     with torch.no_grad():
-        p_x = class_score(model(x), target)
-        p_blurred = class_score(model(blurred), target)
-        p_masked = class_score(model(perturb(x, sharp, blurred)), target)
+        p_x = network_scores(model, x, target, cfg)
+        p_blurred = network_scores(model, blurred, target, cfg)
+        p_masked = network_scores(model, perturb(x, sharp, blurred), target, cfg)
         st = cfg.sharp
         energy = mask_energy(p_masked, sharp, st.l1, st.tv, st.tv_beta, st.binarize)
         denom = p_x - p_blurred

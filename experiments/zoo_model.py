@@ -1,0 +1,48 @@
+"""What the mask benchmarks share: a zoo model with random weights on a device, and device names."""
+
+from __future__ import annotations
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from vislight import CONF_DIR
+from vislight.models import Classifier, build_classifier
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` = the GPU when one is visible, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def random_zoo_model(name: str, device: torch.device, channels_last: bool = False) -> Classifier:
+    """``conf/model/<name>.yaml`` with random weights (speed does not depend on them), frozen."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}"])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["num_classes"] = model_cfg["num_classes"] or 10
+    model_cfg["pretrained"] = False
+    model = build_classifier(model_cfg).to(device).eval().requires_grad_(False)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def run_header(args, device: torch.device) -> dict:
+    """The settings every benchmark line starts with."""
+    return {
+        "model": args.model,
+        "device": device_label(device),
+        "batch": args.batch,
+        "iters": args.iters,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+    }
