@@ -129,3 +129,18 @@ def run_vislight(*args: str, timeout: float = 180) -> subprocess.CompletedProces
         text=True,
         timeout=timeout,
     )
+
+
+def tiny_multirun(tmp: Path, *overrides: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """``python -m vislight -m OVERRIDES`` on the tiny pipeline; returns (sweep folder, process)."""
+    sweep = tmp / "sweep"
+    proc = run_vislight(
+        "-m",
+        *overrides,
+        *TINY_PIPELINE,
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        f"train.cache_dir={tmp / 'cache'}",
+        timeout=900,
+    )
+    return sweep, proc

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_vislight
+from conftest import TINY_PIPELINE, run_vislight
 from PIL import Image
 
 from vislight.data.folder import load_rgb, preprocess
@@ -217,3 +217,25 @@ def test_two_ddp_processes_give_the_masks_of_one(fake_imagenet, single_run, tmp_
     metrics = json.loads((ddp_out / "metrics.json").read_text())
     assert metrics["mask"]["masked"] == 2 * PER_CLASS
     assert (ddp_out / "summaries.json").is_file()
+
+
+def test_ddp_training_caches_one_classifier(tmp_path):
+    """Training under trainer=ddp (2 CPU processes): one cached classifier, metrics from rank 0."""
+    proc = _vislight(
+        "stages=[classifier,evaluate]",
+        *(o for o in TINY_PIPELINE if o != "trainer=cpu"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "train.epochs=2",
+        "logger=none",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"train.cache_dir={tmp_path / 'cache'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Starting with 2 processes" in proc.stderr + proc.stdout
+    cached = list((tmp_path / "cache").rglob("classifier.pt"))
+    assert len(cached) == 1 and not list((tmp_path / "cache").rglob("last.ckpt"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["classifier"]["trained"] and 0 <= metrics["accuracy"] <= 1
+    assert (tmp_path / "run" / "classifier.ckpt").is_file()

@@ -77,6 +77,18 @@ def global_rank() -> int:
     return int(rank_zero_only.rank)
 
 
+def assign_job_device(cfg: DictConfig, job_num: int) -> None:
+    """Multirun jobs on a machine with several GPUs: job k takes GPU k mod count (for the stages
+    and the Lightning trainer). Leaves explicit devices and multi-device strategies alone."""
+    count = torch.cuda.device_count()
+    if count < 2 or cfg.device != "auto" or cfg.trainer.get("strategy") not in (None, "auto"):
+        return
+    index = job_num % count
+    cfg.device = f"cuda:{index}"
+    cfg.trainer.accelerator = "gpu"
+    cfg.trainer.devices = [index]
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` = this process's GPU (``cuda:LOCAL_RANK``) when one is visible, else the CPU."""
     if name == "auto":

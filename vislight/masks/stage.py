@@ -112,7 +112,9 @@ def run_masks(
         labels, predictions, class_names, cfg.get("classes"), int(cfg["images_per_class"])
     )
     cache = MaskCache(
-        Path(output_dir) / "masks", model_fingerprint(classifier), config_fingerprint(mask_cfg)
+        Path(cfg.get("cache_dir") or Path(output_dir) / "masks"),
+        model_fingerprint(classifier),
+        config_fingerprint(mask_cfg),
     )
     jobs, files, pending = [], {}, []
     for name, indices in chosen.items():

@@ -103,6 +103,7 @@ def write_report(
         f"mean purity {_fmt(metrics.get('mean_purity'))} · background share {_fmt(metrics.get('background_share'))} · "
         f"part recall {_fmt(metrics.get('part_recall'))} · mean faithfulness ratio {_fmt(metrics.get('mean_faithfulness_ratio'))}"
         " · <a href='masks.html'>per-image masks</a></p>",
+        "<!-- vislight:comparison -->",  # vislight.compare links its comparison here
     ]
     baselines = metrics.get("baselines") or {}
     if baselines:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vislight.data.datamodule import ClassificationDataModule
 from vislight.io import save_torch, write_json
@@ -112,12 +113,15 @@ def fit_or_load_classifier(
             raise KeyboardInterrupt("training interrupted; rerun the same command to resume")
         val_acc = trainer.callback_metrics.get("val/acc")
         val_acc = float(val_acc) if val_acc is not None else None
-        save_torch(weights, {k: v.detach().cpu() for k, v in classifier.net.state_dict().items()})
-        write_json(
-            cache_dir / "meta.json",
-            {"val_acc": val_acc, "epochs": trainer.current_epoch, "train_seconds": seconds},
-        )
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if trainer.is_global_zero:  # under DDP every rank holds the same weights: one writer
+            state = {k: v.detach().cpu() for k, v in classifier.net.state_dict().items()}
+            save_torch(weights, state)
+            write_json(
+                cache_dir / "meta.json",
+                {"val_acc": val_acc, "epochs": trainer.current_epoch, "train_seconds": seconds},
+            )
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        trainer.strategy.barrier("vislight-classifier-saved")
         info.update(
             trained=True,
             reused=False,
@@ -126,5 +130,6 @@ def fit_or_load_classifier(
             val_acc=val_acc,
         )
     output_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, output_dir / "classifier.ckpt")
+    if rank_zero_only.rank == 0:
+        shutil.copyfile(weights, output_dir / "classifier.ckpt")
     return info
