@@ -133,7 +133,29 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"masks.early_stopping.patience={patience!r} is invalid: it must be an integer >= 1"
             )
-    checks = [
+    checks = []
+    if "summaries" in cfg.stages:
+        fraction, nonneg = (
+            (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+            (lambda v: v >= 0, ">= 0"),
+        )
+        for key, (ok, allowed) in {
+            "cluster.preference_factor": (lambda v: v > 0, "> 0"),
+            "cluster.damping": (lambda v: 0.5 <= v < 1, "in [0.5, 1)"),
+            "cluster.min_support": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "cluster.min_support_fraction": fraction,
+            "cluster.coherence_ratio": nonneg,
+            "cluster.outlier_ratio": fraction,
+            "cluster.tag_min_share": fraction,
+            "cluster.keypoint_margin": fraction,
+            "cluster.needed_drop": fraction,
+            "similarity.k": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "similarity.w_xy": nonneg,
+            "similarity.w_scale": nonneg,
+            "similarity.mode": (lambda v: v in ("faiss", "dense"), "faiss or dense"),
+        }.items():
+            checks.append((key, OmegaConf.select(cfg, key), ok, allowed))
+    checks += [
         (
             "train.epochs",
             cfg.train.epochs,
@@ -250,6 +272,13 @@ def stage_evaluate(ctx: RunContext) -> None:
     """Test accuracy of the explained classifier on the evaluated split."""
     dm = ctx.datamodule
     dm.setup("test")
+    wanted = ctx.cfg.masks.get("classes") if "masks" in ctx.cfg.stages else None
+    unknown = [c for c in wanted or [] if c not in dm.classes]
+    if unknown:  # before the evaluation, the first heavy step
+        raise ConfigError(
+            f"masks.classes={list(wanted)} lists {unknown}, which are not classes of "
+            f"{dm.name}; its classes: {[c for c in dm.classes if not c.isdigit()][:20]}"
+        )
     result = evaluate_accuracy(ctx.classifier, dm.test_dataloader(), ctx.device, dm.classes)
     ctx.metrics["accuracy"] = result["accuracy"]
     ctx.metrics["test_images"] = result["images"]

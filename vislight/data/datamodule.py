@@ -144,6 +144,12 @@ class FolderDataModule(ClassificationDataModule):
         ds = ImageListDataset(items, classes, self.input_size, self.resize_size)
         self.classes = classes
         self.skipped += skipped + ds.skipped
+        listed = {path.parent for path, _ in items}
+        readable = {path.parent for path, _ in ds.items}
+        for folder in sorted(listed - readable):
+            self.skipped.append(
+                {"file": str(folder), "reason": "class folder holds no readable image"}
+            )
         if len(ds) == 0:
             raise FileNotFoundError(f"no readable image under {root}; skipped: {self.skipped[:5]}")
         return ds

@@ -65,6 +65,24 @@ def mask_tile(image: np.ndarray, sharp: np.ndarray) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
+def _skipped_section(metrics: dict) -> str:
+    """What the run left out and why: unusable input files, then images without a mask."""
+    rows = [
+        (s.get("file") or "", s.get("reason", ""))
+        for s in metrics.get("skipped") or []
+    ] + [
+        (f"{s.get('class', '')} #{s['index']}" if "index" in s else s.get("class", ""), s.get("reason", ""))
+        for s in (metrics.get("mask") or {}).get("skipped") or []
+    ]  # fmt: skip
+    if not rows:
+        return "<h2>Skipped</h2><p class='meta'>nothing was skipped</p>"
+    body = "".join(f"<tr><td>{_e(what)}</td><td>{_e(why)}</td></tr>" for what, why in rows)
+    return (
+        f"<h2 id='skipped'>Skipped ({len(rows)})</h2>"
+        f"<table class='skipped'><tr><th>input</th><th>reason</th></tr>{body}</table>"
+    )
+
+
 def _save(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
@@ -180,6 +198,7 @@ def write_report(
             parts.append(
                 f"<div class='summary'><h3>{' · '.join(head)}</h3><div class='tiles'>{''.join(tiles)}</div></div>"
             )
+    parts.append(_skipped_section(metrics))
     parts.append(
         "<h2>Metrics</h2><pre>" + _e(json.dumps(metrics, indent=2, default=str)) + "</pre>"
     )
