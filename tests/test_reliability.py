@@ -1,17 +1,20 @@
 """Reliability: messy image folders, determinism, validation before heavy work, no shell commands.
 
-(Interruption at random points and bounded memory on 2,000 images are still to come: issue 9.)
+Bounded memory on 2,000 images is a slow test (``make test-all``). Interruption at random points
+across every stage is still to come (issue 9).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_PIPELINE, compose_config, run_vislight
+from conftest import SUBPROCESS_ENV, TINY_PIPELINE, compose_config, run_vislight
 from PIL import Image
 
 import vislight
@@ -202,3 +205,50 @@ def test_no_shell_command_is_built_anywhere_in_the_package():
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
                 pair = (node.value.id, node.attr)
                 assert pair not in banned and (pair[0], "*") not in banned, (path, pair)
+
+
+def _peak_rss_mb(*overrides: str) -> float:
+    """Peak RSS (MB) of one ``python -m vislight`` run in a fresh process."""
+    code = (
+        "import resource, runpy, sys\n"
+        "sys.argv = ['vislight', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('vislight', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *overrides],
+        cwd=vislight.PROJECT_ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    kb = next(line for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_KB"))
+    return int(kb.split()[1]) / 1024
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    """One class of 2,000 synthetic images: masks stream to disk, so the peak RSS stays within a
+    small margin of the 500-image run (measured: 1017 MB vs 1037 MB, 735 vs 3049 regions)."""
+    peaks = {}
+    for n in (500, 2000):
+        peaks[n] = _peak_rss_mb(
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            f"data.test_per_class={n}",
+            "data.cache=false",  # rendered images are not kept in memory either
+            "masks.classes=[disc_bar]",
+            f"masks.images_per_class={n}",
+            "masks.batch_size=64",
+            "masks.smooth.iterations=20",  # memory does not depend on the iterations
+            "masks.sharp.iterations=10",
+            "stages=[classifier,evaluate,masks,summaries]",
+            f"paths.output_dir={tmp_path / str(n)}",
+        )
+        masks = list((tmp_path / str(n) / "masks").rglob("*.npz"))
+        assert len(masks) == n
+    print(f"peak RSS: 500 images {peaks[500]:.0f} MB, 2000 images {peaks[2000]:.0f} MB")
+    assert peaks[2000] - peaks[500] < 300, peaks
