@@ -1,15 +1,17 @@
 """Reliability: messy image folders, determinism, validation before heavy work, no shell commands.
 
-Bounded memory on 2,000 images is a slow test (``make test-all``). Interruption at random points
-across every stage is still to come (issue 9).
+Bounded memory on 2,000 images is a slow test (``make test-all``). Kills at random points are
+tested after training; a kill inside training resumes, but not yet bit-identically (issue 9).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from PIL import Image
 import vislight
 from vislight.data.datamodule import build_datamodule
 from vislight.data.folder import load_rgb
+from vislight.masks.cache import MaskCache
 from vislight.pipeline import ConfigError, validate
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -252,3 +255,118 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
         assert len(masks) == n
     print(f"peak RSS: 500 images {peaks[500]:.0f} MB, 2000 images {peaks[2000]:.0f} MB")
     assert peaks[2000] - peaks[500] < 300, peaks
+
+
+def _popen_vislight(args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "vislight", *args],
+            cwd=vislight.PROJECT_ROOT,
+            env=SUBPROCESS_ENV,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _kill_when(proc: subprocess.Popen, log: Path, trigger, delay: float) -> bool:
+    """SIGKILL ``proc`` ``delay`` s after ``trigger()`` first holds; False if it ended before."""
+    deadline = time.monotonic() + 120
+    while not trigger() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return True
+
+
+def test_runs_killed_after_training_resume_to_the_same_summaries(tmp_path):
+    """SIGKILL at 5 seeded random moments (three points of the masks stage, summaries, report;
+    the classifier is already trained and cached):
+    every rerun completes, reuses the finished masks, reads no partial file and writes the
+    uninterrupted run's summaries.json byte for byte."""
+    cache = tmp_path / "cache"
+
+    def args(out: Path) -> list[str]:
+        return [
+            *TINY_PIPELINE,
+            "masks.batch_size=3",  # masks land on disk a few at a time: kills fall between
+            "logger=none",
+            f"paths.output_dir={out}",
+            f"train.cache_dir={cache}",
+        ]
+
+    ref = run_vislight(*args(tmp_path / "ref"))  # trains and caches the classifier
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    reference = (tmp_path / "ref" / "summaries.json").read_bytes()
+    rng = np.random.default_rng(7)
+    total = len(list((tmp_path / "ref").glob("masks/*/*.npz")))
+
+    def in_stage(stage: str, min_masks: int = 0):
+        def trigger(out: Path, log: Path) -> bool:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            return f"stage {stage}" in text and len(list(out.glob("masks/*/*.npz"))) >= min_masks
+
+        return trigger
+
+    points = {  # the classifier and evaluate stages take milliseconds here: kills land in masks
+        "masks, none finished": in_stage("masks"),
+        "masks, a few finished": in_stage("masks", 2),
+        "masks, half finished": in_stage("masks", total // 2),
+        "summaries": in_stage("summaries"),
+        "report": in_stage("report"),
+    }
+    killed_in, partial = [], []
+    for k, (where, trigger) in enumerate(points.items()):
+        out, log = tmp_path / f"kill{k}", tmp_path / f"kill{k}.log"
+        proc = _popen_vislight(args(out), log)
+        if _kill_when(
+            proc, log, lambda t=trigger, o=out, g=log: t(o, g), float(rng.uniform(0, 0.2))
+        ):
+            killed_in.append(where)
+        finished = sorted(out.glob("masks/*/*.npz"))
+        if 0 < len(finished) < total:
+            partial.append(len(finished))
+        for p in out.rglob("*"):
+            if p.is_file() and p.name.endswith(".tmp"):
+                continue  # a write cut short by the kill: never read, replaced by the rerun
+            if p.suffix == ".npz":
+                MaskCache.read(p)  # complete
+            elif p.suffix == ".json":
+                json.loads(p.read_text())  # complete
+        rerun = run_vislight(*args(out))
+        assert rerun.returncode == 0, (where, rerun.stderr[-3000:])
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["classifier"]["reused"] is True
+        assert metrics["mask"]["reused"] == len(finished), where
+        assert (out / "summaries.json").read_bytes() == reference, where
+        assert (out / "report" / "index.html").is_file()
+    assert len(killed_in) >= 4, killed_in  # the short report stage may finish first
+    assert partial and max(partial) < total, (partial, total)  # some kills cut the masks short
+
+
+def test_a_run_killed_while_training_resumes_its_training(tmp_path):
+    """SIGKILL after the first training epoch: the rerun resumes from Lightning's last.ckpt and
+    completes. (Its weights are not yet bit-identical to an uninterrupted training: issue 9.)"""
+    cache = tmp_path / "cache"
+    tiny = [
+        o for o in TINY_PIPELINE if not o.startswith(("train.epochs=", "data.train_per_class="))
+    ]
+    # ~0.4 s an epoch: the kill lands well before the last one
+    args = [
+        *tiny,
+        "data.train_per_class=400",
+        "train.epochs=40",
+        "logger=none",
+        f"train.cache_dir={cache}",
+    ]
+    out, log = tmp_path / "run", tmp_path / "kill.log"
+    proc = _popen_vislight([*args, f"paths.output_dir={out}"], log)
+    assert _kill_when(proc, log, lambda: any(cache.rglob("last.ckpt")), 0.0)
+    assert not list(cache.rglob("classifier.pt"))
+    rerun = run_vislight(*args, f"paths.output_dir={out}", "stages=[classifier,evaluate]")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classifier"]["trained"] and metrics["classifier"]["resumed"]
+    assert list(cache.rglob("classifier.pt")) and not list(cache.rglob("last.ckpt"))
