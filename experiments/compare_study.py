@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from jobs import vislight_command
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ("synth", "cifar", "cub_effnet")
@@ -40,17 +41,9 @@ def main() -> int:
     sweep = ROOT / "outputs" / "studies" / f"compare_{study}"
     if sweep.exists():
         shutil.rmtree(sweep)
-    cmd = [
-        sys.executable,
-        "-m",
-        "vislight",
-        "-m",
-        f"experiment=compare_{study}",
-        "logger=none",
-        "trainer.enable_progress_bar=false",
-        f"hydra.sweep.dir={sweep}",
-        *extra,
-    ]
+    cmd = vislight_command(
+        f"experiment=compare_{study}", f"hydra.sweep.dir={sweep}", *extra, multirun=True
+    )
     shown = " ".join(["python", *cmd[1:]]).replace(str(ROOT) + "/", "")
     print(shown, flush=True)
     t0 = time.perf_counter()

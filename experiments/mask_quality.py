@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from jobs import vislight_command
+
 KEYS = (
     "mean_drop",
     "mean_area",
@@ -32,17 +34,8 @@ KEYS = (
 
 
 def run(out: Path, overrides: list[str]) -> tuple[dict, float]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "vislight",
-        "logger=none",
-        f"paths.output_dir={out}",
-        "trainer.enable_progress_bar=false",
-        *overrides,
-    ]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    subprocess.run(vislight_command(f"paths.output_dir={out}", *overrides), check=True)
     return json.loads((out / "metrics.json").read_text()), time.perf_counter() - t0
 
 

@@ -23,18 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from jobs import vislight_command
+
 
 def run_job(out: Path, overrides: list[str]) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "vislight",
-        "logger=none",
-        f"paths.output_dir={out}",
-        "trainer.enable_progress_bar=false",
-        *overrides,
-    ]
-    subprocess.run(cmd, check=True)
+    subprocess.run(vislight_command(f"paths.output_dir={out}", *overrides), check=True)
 
 
 def load(run_dir: Path) -> tuple[dict, dict]:

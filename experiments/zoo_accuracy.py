@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from jobs import vislight_command
+
 MODELS = ["tiny_cnn", "small_cnn", "vgg_small", "resnet_small"]
 
 
@@ -26,8 +28,13 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.epochs=4")
     args = ap.parse_args()
     sweep = Path(tempfile.mkdtemp(prefix="vislight-zoo-"))
-    cmd = [sys.executable, "-m", "vislight", "-m", f"model={args.models}", "logger=none", "stages=[classifier,evaluate]",
-           f"hydra.sweep.dir={sweep}", "trainer.enable_progress_bar=false", *args.overrides]  # fmt: skip
+    cmd = vislight_command(
+        f"model={args.models}",
+        "stages=[classifier,evaluate]",
+        f"hydra.sweep.dir={sweep}",
+        *args.overrides,
+        multirun=True,
+    )
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0

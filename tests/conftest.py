@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
@@ -144,3 +146,36 @@ def tiny_multirun(tmp: Path, *overrides: str) -> tuple[Path, subprocess.Complete
         timeout=900,
     )
     return sweep, proc
+
+
+def popen_vislight(args: Sequence[str], log: Path) -> subprocess.Popen:
+    """``python -m vislight ARGS`` started in the background, its output going to ``log``."""
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "vislight", *args],
+            cwd=vislight.PROJECT_ROOT,
+            env=SUBPROCESS_ENV,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def kill_when(
+    proc: subprocess.Popen, trigger: Callable[[], bool], delay: float, timeout: float = 150
+) -> bool:
+    """SIGKILL ``proc`` ``delay`` s after ``trigger()`` first holds. False when it never held
+    (the process ended first, or ``timeout`` s passed: then it is killed anyway)."""
+    deadline = time.monotonic() + timeout
+    while not trigger() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not trigger():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+        return False
+    time.sleep(delay)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return True

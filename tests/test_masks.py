@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import SUBPROCESS_ENV, compose_config, small_cnn_cfg
+from conftest import SUBPROCESS_ENV, compose_config, kill_when, popen_vislight, small_cnn_cfg
 from scipy.ndimage import distance_transform_edt
 from torch import nn
 from torch.utils.data import DataLoader
@@ -534,9 +533,6 @@ def test_validate_accepts_the_default_masks_config():
 
 def _cli_args(run_dir, cache_dir) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "vislight",
         "logger=none",
         f"paths.output_dir={run_dir}",
         f"train.cache_dir={cache_dir}",
@@ -557,7 +553,7 @@ def _cli_args(run_dir, cache_dir) -> list[str]:
 def _run_cli(run_dir, cache_dir, log) -> subprocess.CompletedProcess:
     with open(log, "w") as f:
         proc = subprocess.run(
-            _cli_args(run_dir, cache_dir),
+            [sys.executable, "-m", "vislight", *_cli_args(run_dir, cache_dir)],
             cwd=vislight.PROJECT_ROOT,
             env=SUBPROCESS_ENV,
             stdout=f,
@@ -600,27 +596,9 @@ def test_cli_masks_resume_after_kill(tmp_path):
     assert sum(c.get("masked", 0) for c in ma["classes"].values()) == total
 
     # Kill the same job once a batch of masks is on disk.
-    with open(tmp_path / "b1.log", "w") as log:
-        proc = subprocess.Popen(
-            _cli_args(b, cache),
-            cwd=vislight.PROJECT_ROOT,
-            env=SUBPROCESS_ENV,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        killed = False
-        try:
-            deadline = time.monotonic() + 150
-            while time.monotonic() < deadline and proc.poll() is None:
-                if len(list(b.glob("masks/*/*.npz"))) >= 2:
-                    proc.send_signal(signal.SIGKILL)
-                    killed = True
-                    break
-                time.sleep(0.01)
-        finally:
-            if not killed and proc.poll() is None:
-                proc.kill()
-            rc = proc.wait(timeout=60)
+    proc = popen_vislight(_cli_args(b, cache), tmp_path / "b1.log")
+    killed = kill_when(proc, lambda: len(list(b.glob("masks/*/*.npz"))) >= 2, 0.0)
+    rc = proc.returncode
     assert killed, ("no mask file within 150 s", rc, (tmp_path / "b1.log").read_text()[-3000:])
     assert rc == -signal.SIGKILL, rc
     present = sorted(b.glob("masks/*/*.npz"))

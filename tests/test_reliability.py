@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import ast
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SUBPROCESS_ENV, TINY_PIPELINE, compose_config, run_vislight
+from conftest import (
+    SUBPROCESS_ENV,
+    TINY_PIPELINE,
+    compose_config,
+    kill_when,
+    popen_vislight,
+    run_vislight,
+)
 from PIL import Image
 
 import vislight
@@ -257,30 +262,6 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
     assert peaks[2000] - peaks[500] < 300, peaks
 
 
-def _popen_vislight(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "w") as f:
-        return subprocess.Popen(
-            [sys.executable, "-m", "vislight", *args],
-            cwd=vislight.PROJECT_ROOT,
-            env=SUBPROCESS_ENV,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _kill_when(proc: subprocess.Popen, log: Path, trigger, delay: float) -> bool:
-    """SIGKILL ``proc`` ``delay`` s after ``trigger()`` first holds; False if it ended before."""
-    deadline = time.monotonic() + 120
-    while not trigger() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(delay)
-    if proc.poll() is not None:
-        return False
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    return True
-
-
 def test_runs_killed_after_training_resume_to_the_same_summaries(tmp_path):
     """SIGKILL at 5 seeded random moments (three points of the masks stage, summaries, report;
     the classifier is already trained and cached):
@@ -320,10 +301,8 @@ def test_runs_killed_after_training_resume_to_the_same_summaries(tmp_path):
     killed_in, partial = [], []
     for k, (where, trigger) in enumerate(points.items()):
         out, log = tmp_path / f"kill{k}", tmp_path / f"kill{k}.log"
-        proc = _popen_vislight(args(out), log)
-        if _kill_when(
-            proc, log, lambda t=trigger, o=out, g=log: t(o, g), float(rng.uniform(0, 0.2))
-        ):
+        proc = popen_vislight(args(out), log)
+        if kill_when(proc, lambda t=trigger, o=out, g=log: t(o, g), float(rng.uniform(0, 0.2))):
             killed_in.append(where)
         finished = sorted(out.glob("masks/*/*.npz"))
         if 0 < len(finished) < total:
@@ -362,8 +341,8 @@ def test_a_run_killed_while_training_resumes_its_training(tmp_path):
         f"train.cache_dir={cache}",
     ]
     out, log = tmp_path / "run", tmp_path / "kill.log"
-    proc = _popen_vislight([*args, f"paths.output_dir={out}"], log)
-    assert _kill_when(proc, log, lambda: any(cache.rglob("last.ckpt")), 0.0)
+    proc = popen_vislight([*args, f"paths.output_dir={out}"], log)
+    assert kill_when(proc, lambda: any(cache.rglob("last.ckpt")), 0.0)
     assert not list(cache.rglob("classifier.pt"))
     rerun = run_vislight(*args, f"paths.output_dir={out}", "stages=[classifier,evaluate]")
     assert rerun.returncode == 0, rerun.stderr[-3000:]

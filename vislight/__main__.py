@@ -12,8 +12,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from vislight import CONF_DIR
+from vislight.distributed import global_rank
 from vislight.models.registry import MissingWeightsError
-from vislight.pipeline import ConfigError, assign_job_device, global_rank, run
+from vislight.pipeline import ConfigError, assign_job_device, run
 
 log = logging.getLogger("vislight")
 

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from vislight.io import write_json
 
 log = logging.getLogger(__name__)
@@ -281,12 +283,6 @@ def write_comparison(
         _corr_text("Pearson", result["pearson"]),
     )
     return result
-
-
-try:  # Hydra's callback API (hydra-core >= 1.2)
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object  # type: ignore[misc,assignment]
 
 
 class CompareCallback(Callback):

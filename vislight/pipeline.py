@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,10 +23,10 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vislight.data.datamodule import ClassificationDataModule, build_datamodule
 from vislight.data.imagenet import check_synset_folder, resolve_classes
+from vislight.distributed import global_rank, local_rank
 from vislight.evaluation.accuracy import evaluate_accuracy
 from vislight.io import write_json
 from vislight.masks.optimize import MaskConfig
@@ -63,18 +62,6 @@ class RunContext:
     def save_metrics(self) -> None:
         if global_rank() == 0:  # one writer under a multi-device strategy
             write_json(self.output_dir / "metrics.json", self.metrics)
-
-
-def local_rank() -> int:
-    """This process's device index on its node (set by Lightning's DDP launcher, torchrun or SLURM)."""
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
-
-
-def global_rank() -> int:
-    """This process's rank among all processes of a multi-device run (0 when alone)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(rank_zero_only.rank)
 
 
 def assign_job_device(cfg: DictConfig, job_num: int) -> None:
@@ -203,15 +190,13 @@ def validate(cfg: DictConfig) -> None:
             )
     elif cfg.data.kind in ("folder", "csv", "cub", "imagenet"):
         root = cfg.data.get("root")
-        if not root and cfg.data.kind == "imagenet":
-            raise ConfigError(
-                "data.root is not set: pass data.root=/path/to/ILSVRC2012/val (a folder of "
-                "ImageNet synset folders n01440764/ ...)"
-            )
         if not root:
-            raise ConfigError(
-                "data.root is not set: pass data.root=/path/to/images (a folder of class folders)"
+            example = (
+                "/path/to/ILSVRC2012/val (a folder of ImageNet synset folders n01440764/ ...)"
+                if cfg.data.kind == "imagenet"
+                else "/path/to/images (a folder of class folders)"
             )
+            raise ConfigError(f"data.root is not set: pass data.root={example}")
         if cfg.data.kind == "imagenet":  # the synset folders of every requested class
             check_synset_folder(root, resolve_classes(cfg.data.get("classes") or range(1000)))
         elif not Path(root).expanduser().is_dir():
@@ -246,8 +231,6 @@ def stage_classifier(ctx: RunContext) -> None:
     classifier = build_classifier(model_cfg)  # fails early on missing weights
     info: dict = {"trained": False, "reused": False}
     if cfg.train.enabled:
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        classifier = build_classifier(model_cfg)  # init after seeding: same config, same weights
         key = classifier_cache_key(
             model_cfg,
             OmegaConf.to_container(cfg.data, resolve=True),

@@ -144,7 +144,7 @@ class FolderDataModule(ClassificationDataModule):
         ds = ImageListDataset(items, classes, self.input_size, self.resize_size)
         self.classes = classes
         self.skipped += skipped + ds.skipped
-        listed = {path.parent for path, _ in items}
+        listed = set() if self.labels_csv else {path.parent for path, _ in items}
         readable = {path.parent for path, _ in ds.items}
         for folder in sorted(listed - readable):
             self.skipped.append(
