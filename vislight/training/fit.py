@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vislight.data.datamodule import ClassificationDataModule
+from vislight.distributed import global_rank
 from vislight.io import save_torch, write_json
 from vislight.models.classifier import Classifier
 from vislight.models.registry import load_state_dict_file
@@ -102,7 +102,16 @@ def fit_or_load_classifier(
             label_smoothing=float(train_cfg.get("label_smoothing", 0.0)),
             augment=bool(train_cfg.get("augment", True)),
         )
-        ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1)
+        # last.ckpt rewritten after every epoch. (save_last with save_top_k=0 writes it only when
+        # training ends, which a killed run never reaches.)
+        ckpt_cb = ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            enable_version_counter=False,
+        )
         trainer: pl.Trainer = trainer_factory([ckpt_cb])
         if resume:
             log.info("resuming interrupted training from %s", resume)
@@ -130,6 +139,6 @@ def fit_or_load_classifier(
             val_acc=val_acc,
         )
     output_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:
+    if global_rank() == 0:
         shutil.copyfile(weights, output_dir / "classifier.ckpt")
     return info
