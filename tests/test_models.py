@@ -60,6 +60,21 @@ def test_efficientnet_lite0_classifies_imagenet_examples(tmp_path):
     assert result["correct"] >= 14, result
 
 
+def test_efficientnet_lite0_with_a_new_head_keeps_the_backbone_and_reloads_its_own_head(tmp_path):
+    """num_classes=40 (CUB): ImageNet backbone, random 40-way head; a saved trained classifier
+    (40-way head included) loads back through model.weights_path with its head."""
+    cfg = compose_config(["model=efficientnet_lite0", "model.num_classes=40"], tmp_path)
+    imagenet = build_classifier(_model_cfg(compose_config(["model=efficientnet_lite0"], tmp_path)))
+    clf = build_classifier(_model_cfg(cfg))
+    assert clf.net._fc.weight.shape == (40, 1280)
+    assert torch.equal(clf.net._conv_stem.weight, imagenet.net._conv_stem.weight)
+    with torch.no_grad():
+        clf.net._fc.weight.mul_(3.0)  # "trained"
+    torch.save(clf.net.state_dict(), tmp_path / "classifier.pt")
+    again = build_classifier({**_model_cfg(cfg), "weights_path": str(tmp_path / "classifier.pt")})
+    assert torch.equal(again.net._fc.weight, clf.net._fc.weight)
+
+
 # --------------------------------------------------------------------------------------------
 # torchvision: the same logits as torchvision's own pretrained pipeline
 

@@ -107,6 +107,41 @@ def test_interrupted_training_resumes(resumed):
     assert (resumed["root"] / "out" / "classifier.ckpt").is_file()
 
 
+class Killed(Exception):
+    pass
+
+
+class KillAtSecondEpoch(Callback):
+    """Plays a SIGKILL: the run dies once the first epoch's checkpoint is on disk."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise Killed
+
+
+def test_a_resumed_training_learns_the_uninterrupted_weights(tmp_path):
+    """Shuffle order and augmentation resume where they stopped: bit-identical weights."""
+    cfg = {**TRAIN_CFG, "epochs": 3}
+
+    def train(cache, *extra, seed=0):
+        pl.seed_everything(0, verbose=False)  # same initial weights
+        clf = build_classifier(small_cnn_cfg("resnet_small", num_classes=3, width=8))
+        torch.manual_seed(seed)  # a fresh process: the global RNG is anywhere
+        dm = _tiny_datamodule(per_class=12, batch_size=4)
+        factory = lambda cbs: _trainer([*cbs, *extra], 3, tmp_path)  # noqa: E731
+        fit_or_load_classifier(clf, dm, cfg, cache, factory, tmp_path / "out")
+        return clf.net.state_dict()
+
+    reference = train(tmp_path / "ref")
+    with pytest.raises(Killed):
+        train(tmp_path / "cut", KillAtSecondEpoch())
+    assert (tmp_path / "cut" / "lightning" / "last.ckpt").is_file()
+    resumed = train(tmp_path / "cut", seed=12345)
+    assert not (tmp_path / "cut" / "lightning").exists()
+    for k, v in reference.items():
+        assert torch.equal(v, resumed[k]), k
+
+
 def test_cache_hit_reloads_identical_weights(resumed, tmp_path):
     trained = {k: v.clone() for k, v in resumed["clf"].net.state_dict().items()}
     torch.manual_seed(123)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -58,6 +59,8 @@ class RunContext:
     labels: list[int] | None = None
     # Cached mask files of the explained images, per class (set by `masks`).
     mask_files: dict[str, list[tuple[int, Path]]] | None = None
+    # Groups of confused classes (class indices) to specialise on (set by `groups`).
+    groups: list[list[int]] | None = None
 
     def save_metrics(self) -> None:
         if global_rank() == 0:  # one writer under a multi-device strategy
@@ -142,6 +145,29 @@ def validate(cfg: DictConfig) -> None:
             "similarity.mode": (lambda v: v in ("faiss", "dense"), "faiss or dense"),
         }.items():
             checks.append((key, OmegaConf.select(cfg, key), ok, allowed))
+    if "groups" in cfg.stages or "specialize" in cfg.stages:
+        positive_int = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        for key, (ok, allowed) in {
+            "specialize.num_groups": positive_int,
+            "specialize.group_size": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+            "specialize.epochs": positive_int,
+            "specialize.batch_size": positive_int,
+            "specialize.feature_batch_size": positive_int,
+            "specialize.lr": (lambda v: v > 0, "a positive number"),
+            "specialize.weight_decay": (lambda v: v >= 0, ">= 0"),
+            "specialize.init_std": (lambda v: v >= 0, ">= 0"),
+            "specialize.seeds": (
+                lambda v: len(v) >= 1 and all(isinstance(x, int) for x in v),
+                "a non-empty list of integers",
+            ),
+            "specialize.groups": (
+                lambda v: v is None or all(not isinstance(g, str) and len(g) >= 2 for g in v),
+                "null or a list of groups of >= 2 class names, e.g. [[a,b],[c,d]]",
+            ),
+        }.items():
+            checks.append((key, OmegaConf.select(cfg, key), ok, allowed))
+        if "specialize" in cfg.stages:
+            _validate_specialize(cfg)
     checks += [
         (
             "train.epochs",
@@ -210,6 +236,42 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is invalid: it must be {allowed}")
 
 
+# Held-out splits specialisation can measure on, per data kind. The heads train on `train` and the
+# groups come from `val`, so only `test` is unseen (synth's `val` too when specialize.groups names
+# the groups).
+_HELDOUT_SPLITS = {"synth": ("test", "val"), "cub": ("test",)}
+
+
+def _validate_specialize(cfg: DictConfig) -> None:
+    stages = list(cfg.stages)
+    order = [s for s in stages if s in ("groups", "masks", "summaries", "specialize")]
+    if order != ["groups", "masks", "summaries", "specialize"]:
+        raise ConfigError(
+            f"stages={stages}: 'specialize' needs 'groups', 'masks' and 'summaries' before it, in "
+            "that order (e.g. [classifier, evaluate, groups, masks, summaries, specialize, report])"
+        )
+    kind, heldout = cfg.data.kind, cfg.specialize.heldout_split
+    if kind not in _HELDOUT_SPLITS:
+        raise ConfigError(
+            f"data.kind={kind!r} has no named held-out split: specialisation runs on data=synth or "
+            "a CUB config (data=cub40)"
+        )
+    allowed = _HELDOUT_SPLITS[kind]
+    if kind == "synth" and heldout == "val" and not cfg.specialize.get("groups"):
+        allowed = ("test",)  # val chooses the groups
+    if heldout not in allowed:
+        raise ConfigError(
+            f"specialize.heldout_split={heldout!r} is invalid: it must be one of {list(allowed)} "
+            "(the heads train on train, the groups come from val unless specialize.groups names them)"
+        )
+    evaluated = cfg.data.get("split", "test")
+    if evaluated in (heldout, "all"):
+        raise ConfigError(
+            f"specialize.heldout_split={heldout!r} is the split the summaries come from "
+            f"(data.split={evaluated!r}): set data.split=train so the held-out split stays unseen"
+        )
+
+
 def _model_cfg(cfg: DictConfig, num_classes: int | None = None) -> dict:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     if model.get("num_classes") is None:
@@ -255,13 +317,16 @@ def stage_evaluate(ctx: RunContext) -> None:
     """Test accuracy of the explained classifier on the evaluated split."""
     dm = ctx.datamodule
     dm.setup("test")
-    wanted = ctx.cfg.masks.get("classes") if "masks" in ctx.cfg.stages else None
-    unknown = [c for c in wanted or [] if c not in dm.classes]
-    if unknown:  # before the evaluation, the first heavy step
-        raise ConfigError(
-            f"masks.classes={list(wanted)} lists {unknown}, which are not classes of "
-            f"{dm.name}; its classes: {[c for c in dm.classes if not c.isdigit()][:20]}"
-        )
+    named = {"masks.classes": ctx.cfg.masks.get("classes") if "masks" in ctx.cfg.stages else None}
+    if "groups" in ctx.cfg.stages and ctx.cfg.specialize.get("groups"):
+        named["specialize.groups"] = [c for g in ctx.cfg.specialize.groups for c in g]
+    for key, wanted in named.items():
+        unknown = [c for c in wanted or [] if c not in dm.classes]
+        if unknown:  # before the evaluation, the first heavy step
+            raise ConfigError(
+                f"{key}={list(wanted)} lists {unknown}, which are not classes of "
+                f"{dm.name}; its classes: {[c for c in dm.classes if not c.isdigit()][:20]}"
+            )
     result = evaluate_accuracy(ctx.classifier, dm.test_dataloader(), ctx.device, dm.classes)
     ctx.metrics["accuracy"] = result["accuracy"]
     ctx.metrics["test_images"] = result["images"]
@@ -282,13 +347,18 @@ def stage_masks(ctx: RunContext) -> None:
     if ctx.predictions is None:
         stage_evaluate(ctx)
     dm = ctx.datamodule
+    masks_cfg = ctx.cfg.masks
+    if ctx.groups is not None:  # specialisation: the classes of the groups only
+        masks_cfg = OmegaConf.merge(
+            masks_cfg, {"classes": [dm.classes[c] for g in ctx.groups for c in g]}
+        )
     section = run_masks(
         ctx.classifier,
         dm.test_set,
         ctx.labels,
         ctx.predictions,
         dm.classes,
-        ctx.cfg.masks,
+        masks_cfg,
         ctx.cfg.trainer,
         ctx.output_dir,
     )
@@ -332,6 +402,78 @@ def stage_summaries(ctx: RunContext) -> None:
     )
 
 
+def stage_groups(ctx: RunContext) -> None:
+    """The groups of classes to specialise on: ``specialize.groups`` (class names), or the
+    ``specialize.num_groups`` groups of ``specialize.group_size`` classes the base model confuses
+    most on the val split (soft confusion). Later stages explain these classes only."""
+    from vislight.specialization.stage import choose_groups
+
+    cfg, dm = ctx.cfg.specialize, ctx.datamodule
+    dm.setup("fit")
+    dm.setup("test")
+    if cfg.get("groups"):  # names checked by `evaluate`
+        groups = [sorted(dm.classes.index(c) for c in g) for g in cfg.groups]
+        confusion = None
+    else:
+        groups, confusion = choose_groups(
+            ctx.classifier,
+            dm.val_set,
+            len(dm.classes),
+            int(cfg.num_groups),
+            int(cfg.group_size),
+            ctx.device,
+        )
+    if not groups:
+        raise ConfigError(
+            f"no group of {cfg.group_size} classes found among the {len(dm.classes)} classes "
+            f"of {dm.name}: lower specialize.group_size or name specialize.groups"
+        )
+    ctx.groups = groups
+    section = ctx.metrics.setdefault("specialization", {})
+    section["chosen_groups"] = [[dm.classes[c] for c in g] for g in groups]
+    section["groups_from"] = "specialize.groups" if confusion is None else "soft confusion on val"
+    if confusion is not None:
+        section["group_confusion"] = [
+            float(confusion[np.ix_(g, g)].sum() - np.trace(confusion[np.ix_(g, g)])) for g in groups
+        ]
+    log.info("groups to specialise on: %s", section["chosen_groups"])
+
+
+def stage_specialize(ctx: RunContext) -> None:
+    """Summary-prototype heads vs k-means-prototype heads vs head fine-tuning, per group, over
+    ``specialize.seeds``, measured on the held-out ``specialize.heldout_split``."""
+    from vislight.specialization.stage import specialize_group, summarize_groups
+
+    summaries_file = ctx.output_dir / "summaries.json"  # written by this run (see validate)
+    cfg, dm = ctx.cfg.specialize, ctx.datamodule
+    summaries = json.loads(summaries_file.read_text())["classes"]
+    heldout = dm.split_set(cfg.heldout_split)
+    groups = [
+        specialize_group(
+            ctx.classifier, g, dm.classes, summaries, dm.test_set, dm.train_set, heldout,
+            OmegaConf.to_container(cfg, resolve=True), ctx.device,
+        )
+        for g in ctx.groups
+    ]  # fmt: skip
+    section = ctx.metrics.setdefault("specialization", {})
+    section.update(
+        heldout_split=cfg.heldout_split,
+        seeds=list(cfg.seeds),
+        groups=groups,
+        overall=summarize_groups(groups, list(cfg.seeds)),
+    )
+    overall = section["overall"]
+    if "specialized" in overall:
+        log.info(
+            "specialisation over %d groups (%d held-out images): base %.4f, specialised %.4f±%.4f,"
+            " k-means control %.4f±%.4f, head fine-tuning %.4f±%.4f; beats all by > std: %s",
+            overall["specialized_groups"], overall["heldout_images"], overall["base"],
+            overall["specialized"]["mean"], overall["specialized"]["std"],
+            overall["kmeans_control"]["mean"], overall["kmeans_control"]["std"],
+            overall["head_control"]["mean"], overall["head_control"]["std"], overall["beats_all"],
+        )  # fmt: skip
+
+
 def stage_report(ctx: RunContext) -> None:
     """Static HTML report (report/index.html, report/masks.html) from summaries.json and the masks."""
     from vislight.report.html import write_report
@@ -357,14 +499,16 @@ def stage_report(ctx: RunContext) -> None:
 STAGES: dict[str, Callable[[RunContext], None]] = {
     "classifier": stage_classifier,
     "evaluate": stage_evaluate,
+    "groups": stage_groups,
     "masks": stage_masks,
     "summaries": stage_summaries,
+    "specialize": stage_specialize,
     "report": stage_report,
 }
 
 
 # Stages every process of a multi-device run takes part in (the later ones run on rank 0 alone).
-ALL_RANK_STAGES = ("classifier", "evaluate", "masks")
+ALL_RANK_STAGES = ("classifier", "evaluate", "groups", "masks")
 
 
 def log_media(loggers: list, summaries: dict, report: dict, max_masks: int = 16) -> None:
@@ -425,6 +569,12 @@ def _log_to_loggers(loggers: list, metrics: dict) -> None:
     }
     for k, v in metrics.get("timings", {}).items():
         flat[f"timings/{k}"] = v
+    overall = (metrics.get("specialization") or {}).get("overall") or {}
+    for k, v in overall.items():  # held-out accuracy of base, specialised and controls
+        if isinstance(v, dict) and "mean" in v:
+            flat[f"specialization/{k}"] = v["mean"]
+        elif k == "base":
+            flat["specialization/base"] = v
     for lg in loggers:
         lg.log_metrics(flat)
 

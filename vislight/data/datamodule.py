@@ -41,7 +41,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.classes: list[str] = []
         self.skipped: list[dict] = []
 
-    def _loader(self, ds: Dataset | None, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(
+        self,
+        ds: Dataset | None,
+        shuffle: bool,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+    ) -> DataLoader:
         if ds is None:
             raise RuntimeError(f"dataset {self.name!r} has no such split (call setup() first)")
         return DataLoader(
@@ -50,11 +56,34 @@ class ClassificationDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(0) if shuffle else None,
+            generator=generator,
+        )
+
+    def split_set(self, split: str) -> Dataset:
+        """The images of ``split``, whatever the evaluated split (datasets that have named splits)."""
+        raise ValueError(
+            f"data {self.name!r} has no named '{split}' split to hold out; specialisation runs on "
+            "data with named splits (data=synth, a CUB config)"
         )
 
     def train_dataloader(self):
-        return self._loader(self.train_set, True, self.batch_size)
+        # The shuffle order of every fit starts from seed 0 ...
+        self._shuffle = torch.Generator().manual_seed(0)
+        if getattr(self, "_shuffle_to_restore", None) is not None:
+            # ... or, when Lightning resumes a training, from where the checkpointed epoch left it,
+            # so the resumed epochs see the orders of an uninterrupted training.
+            self._shuffle.set_state(self._shuffle_to_restore)
+            self._shuffle_to_restore = None
+        return self._loader(self.train_set, True, self.batch_size, self._shuffle)
+
+    # Lightning stores a datamodule's state_dict in its checkpoints and loads it on resume,
+    # before it asks for the train dataloader.
+    def state_dict(self) -> dict:
+        shuffle = getattr(self, "_shuffle", None)
+        return {} if shuffle is None else {"shuffle_rng": shuffle.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._shuffle_to_restore = state.get("shuffle_rng")
 
     def val_dataloader(self):
         return self._loader(self.val_set, False, self.eval_batch_size)
@@ -74,10 +103,18 @@ class SynthDataModule(ClassificationDataModule):
         val_per_class: int,
         test_per_class: int,
         cache: bool = True,
+        split: str = "test",
         **kw,
     ):
         super().__init__(name="synth", **kw)
-        self.world, self.image_size, self.cache = world, int(image_size), cache
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"data.split={split!r} is invalid: use train, val or test")
+        self.world, self.image_size, self.cache, self.evaluated = (
+            world,
+            int(image_size),
+            cache,
+            split,
+        )
         self.sizes = {
             "train": train_per_class * world.num_classes,
             "val": val_per_class * world.num_classes,
@@ -94,7 +131,11 @@ class SynthDataModule(ClassificationDataModule):
         if stage in (None, "fit") and self.train_set is None:
             self.train_set, self.val_set = self.split("train"), self.split("val")
         if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = self.split("test")
+            self.test_set = self.split(self.evaluated)
+
+    def split_set(self, split: str) -> Dataset:
+        """The images of ``split`` (train, val or test), whatever the evaluated split."""
+        return self.split(split)
 
 
 class FolderDataModule(ClassificationDataModule):
@@ -206,6 +247,7 @@ def build_datamodule(
             val_per_class=int(cfg["val_per_class"]),
             test_per_class=int(cfg["test_per_class"]),
             cache=bool(cfg.get("cache", True)),
+            split=str(cfg.get("split", "test")),
             **loader_kw,
         )
     if kind in ("folder", "csv"):
@@ -292,3 +334,7 @@ class CubDataModule(ClassificationDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = CubPartsDataset(split=self.split, **self.kw)
             self.classes = self.test_set.classes
+
+    def split_set(self, split: str) -> Dataset:
+        """The images of the official ``split`` (train, test or all), whatever the evaluated split."""
+        return CubPartsDataset(split=split, **self.kw)

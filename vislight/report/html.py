@@ -83,6 +83,46 @@ def _skipped_section(metrics: dict) -> str:
     )
 
 
+def _specialization_section(metrics: dict) -> str:
+    """Held-out accuracy of the base model, the specialised model and its controls per group."""
+    spec = metrics.get("specialization")
+    if not spec or not spec.get("groups"):
+        return ""
+
+    def cell(v) -> str:
+        return f"{_fmt(v['mean'])} ± {_fmt(v['std'])}" if isinstance(v, dict) else _fmt(v)
+
+    names = {
+        "base": "base",
+        "specialized": "specialised",
+        "kmeans_control": "k-means control",
+        "head_control": "head fine-tuning",
+    }
+    methods = tuple(names)
+    head = "".join(f"<th>{names[m]}</th>" for m in methods)
+    rows = [
+        f"<tr><td>{_e(', '.join(g['classes']))}</td><td>{g.get('prototypes', '')}</td>"
+        f"<td>{g.get('heldout_images', '')}</td>"
+        + "".join(f"<td>{cell(g.get(m))}</td>" for m in methods)
+        + "</tr>"
+        for g in spec["groups"]
+    ]
+    total = spec.get("overall") or {}
+    if "specialized" in total:
+        rows.append(
+            f"<tr><td><b>all groups</b></td><td></td><td>{total['heldout_images']}</td>"
+            + "".join(f"<td><b>{cell(total.get(m))}</b></td>" for m in methods)
+            + "</tr>"
+        )
+    return (
+        f"<h2 id='specialization'>Specialisation (held-out {_e(spec.get('heldout_split'))} "
+        f"accuracy within each group; mean ± std over seeds {_e(spec.get('seeds'))})</h2>"
+        f"<table><tr><th>group</th><th>prototypes</th><th>images</th>{head}</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def _save(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
@@ -198,6 +238,7 @@ def write_report(
             parts.append(
                 f"<div class='summary'><h3>{' · '.join(head)}</h3><div class='tiles'>{''.join(tiles)}</div></div>"
             )
+    parts.append(_specialization_section(metrics))
     parts.append(_skipped_section(metrics))
     parts.append(
         "<h2>Metrics</h2><pre>" + _e(json.dumps(metrics, indent=2, default=str)) + "</pre>"

@@ -23,7 +23,14 @@ from vislight.training.module import ClassifierModule
 
 log = logging.getLogger(__name__)
 # Data settings that do not change what is learned.
-_DATA_KEYS_IGNORED = {"num_workers", "eval_batch_size", "cache", "test_per_class", "val_per_class"}
+_DATA_KEYS_IGNORED = {
+    "num_workers",
+    "eval_batch_size",
+    "cache",
+    "test_per_class",
+    "val_per_class",
+    "split",  # the evaluated split (training always uses the train split)
+}
 _TRAIN_KEYS_IGNORED = {"cache_dir", "force", "enabled"}
 # Trainer settings that do not change the learned weights.
 _TRAINER_KEYS_IGNORED = {
@@ -49,7 +56,11 @@ def classifier_cache_key(
             k: v for k, v in model_cfg.items() if k not in ("trusted_checkpoint", "feature_layer")
         },
         "data": {k: v for k, v in data_cfg.items() if k not in _DATA_KEYS_IGNORED},
-        "train": {k: v for k, v in train_cfg.items() if k not in _TRAIN_KEYS_IGNORED},
+        "train": {
+            k: v
+            for k, v in train_cfg.items()
+            if k not in _TRAIN_KEYS_IGNORED and not (k == "trainable" and v == "all")
+        },  # (trainable=all is how every training ran before the option existed)
         "seed": seed,
         # Architecture revisions invalidate cached trainings of the same config.
         "arch_version": getattr(SMALL_CNNS.get(model_cfg.get("arch")), "version", 1),
@@ -101,6 +112,7 @@ def fit_or_load_classifier(
             weight_decay=float(train_cfg["weight_decay"]),
             label_smoothing=float(train_cfg.get("label_smoothing", 0.0)),
             augment=bool(train_cfg.get("augment", True)),
+            trainable=str(train_cfg.get("trainable", "all")),
         )
         # last.ckpt rewritten after every epoch. (save_last with save_top_k=0 writes it only when
         # training ends, which a killed run never reaches.)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -23,10 +26,18 @@ class ClassifierModule(pl.LightningModule):
         weight_decay: float = 5e-4,
         label_smoothing: float = 0.0,
         augment: bool = True,
+        trainable: str = "all",
     ):
         super().__init__()
+        if trainable not in ("all", "head"):
+            raise ValueError(f"train.trainable={trainable!r} is invalid: use all or head")
         self.classifier = classifier
         self.save_hyperparameters(ignore=["classifier"])
+        if trainable == "head":  # a linear probe: the pretrained backbone stays frozen
+            from vislight.specialization.features import last_linear
+
+            classifier.requires_grad_(False)
+            last_linear(classifier.net).requires_grad_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
@@ -59,6 +70,24 @@ class ClassifierModule(pl.LightningModule):
         )
         return loss
 
+    # Resumable randomness: the augmentation draws from the global generators, whose state at the
+    # end of an epoch goes into the checkpoint and is put back when the next epoch of a resumed
+    # training starts (after Lightning's sanity check, which also draws from them), so that a
+    # training killed and resumed learns the same weights as one never interrupted.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vislight_rng"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("vislight_rng")
+
+    def on_train_epoch_start(self) -> None:
+        if self.hparams.trainable == "head":  # frozen BatchNorm statistics too
+            self.classifier.eval()
+        state = getattr(self, "_rng_to_restore", None)
+        if state is not None:
+            _set_rng_state(state)
+            self._rng_to_restore = None
+
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
 
@@ -70,7 +99,9 @@ class ClassifierModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            [p for p in self.parameters() if p.requires_grad],
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
         )
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt,
@@ -79,3 +110,36 @@ class ClassifierModule(pl.LightningModule):
             pct_start=0.2,
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _rng_state() -> dict:
+    """The torch, CUDA, numpy and Python generator states."""
+    return {
+        "torch": torch.get_rng_state(),
+        # this process's device only: under DDP every rank restores rank 0's checkpoint, and all
+        # ranks draw the same numbers (same seed, same draws) on their own device
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+        # As tensors and plain tuples, so the checkpoint still loads with weights_only=True.
+        "numpy": _numpy_state_to_torch(np.random.get_state()),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+
+
+def _numpy_state_to_torch(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (
+        str(name),
+        torch.from_numpy(keys.astype(np.int64)),
+        int(pos),
+        int(has_gauss),
+        float(cached),
+    )

@@ -1,0 +1,124 @@
+"""Specialisation studies: run ``python -m vislight experiment=specialize_<study>`` and commit its
+held-out results (per group and over groups, every seed) with the command, machine and wall time.
+
+    python experiments/specialize_study.py synth   # weak small_cnn on the synthetic world
+    python experiments/specialize_study.py cub     # EfficientNet-Lite0 linear probe, CUB 001-040 (../shared)
+
+Extra arguments are passed to vislight as overrides (e.g. masks.cache_dir=.cache/masks to reuse
+masks computed elsewhere). Results: experiments/results/specialize_<study>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from compare_study import machine
+from jobs import vislight_command
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ("synth", "cub")
+METHODS = ("base", "specialized", "kmeans_control", "head_control")
+
+
+def _cell(v) -> str:
+    return f"{v['mean']:.4f} ± {v['std']:.4f}" if isinstance(v, dict) else f"{v:.4f}"
+
+
+def markdown(metrics: dict, summaries: dict, facts: dict) -> str:
+    spec = metrics["specialization"]
+    lines = [
+        f"# Specialisation study `{facts['experiment']}`",
+        "",
+        f"Base model `{metrics['model']}` on `{metrics['dataset']}`. Groups "
+        f"({spec['groups_from']}): {spec['chosen_groups']}. Accuracy within each group on the "
+        f"held-out `{spec['heldout_split']}` split, mean ± std over seeds {spec['seeds']}.",
+        "",
+        "| group | prototypes | train / held-out images | base | specialised | k-means control "
+        "| head fine-tuning |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in spec["groups"]:
+        cells = " | ".join(_cell(g[m]) if m in g else "–" for m in METHODS)
+        lines.append(
+            f"| {', '.join(g['classes'])} | {g['prototypes']} | {g['train_images']} / "
+            f"{g['heldout_images']} | {cells} |"
+        )
+    overall = spec["overall"]
+    if "specialized" in overall:
+        cells = " | ".join(f"**{_cell(overall[m])}**" for m in METHODS)
+        lines.append(f"| **all groups** | | / {overall['heldout_images']} | {cells} |")
+        lines += [
+            "",
+            "Per seed (all groups): "
+            + "; ".join(
+                f"{m} {', '.join(f'{v:.4f}' for v in overall[m]['runs'])}" for m in METHODS[1:]
+            ),
+            "",
+            f"Specialised beats the base model and both controls by more than the seed std: "
+            f"**{'yes' if overall['beats_all'] else 'no'}**.",
+        ]
+    lines += ["", "Summaries the prototypes come from (tag, purity, support):", ""]
+    for g in spec["groups"]:
+        for c in g["classes"]:
+            ss = summaries.get("classes", {}).get(c, [])
+            desc = ", ".join(
+                f"{s.get('tag', '?')} {s.get('purity', 0):.2f} ({s['support']})" for s in ss
+            )
+            lines.append(f"- {c}: {desc or 'none'}")
+    lines += [
+        "",
+        f"Command: `{facts['command']}`  ",
+        f"Machine: {facts['machine']}  ",
+        f"Wall time: {facts['wall_seconds']:.0f} s ({facts['date']})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in STUDIES:
+        print(f"usage: python experiments/specialize_study.py {{{','.join(STUDIES)}}} [overrides]")
+        return 2
+    study, extra = sys.argv[1], sys.argv[2:]
+    run_dir = ROOT / "outputs" / "studies" / f"specialize_{study}"
+    cmd = vislight_command(f"experiment=specialize_{study}", f"paths.output_dir={run_dir}", *extra)
+    shown = " ".join(["python", *cmd[1:]]).replace(str(ROOT) + "/", "")
+    print(shown, flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    metrics_file = run_dir / "metrics.json"
+    if proc.returncode != 0 or not metrics_file.is_file():
+        print(f"study failed (exit {proc.returncode}); see {run_dir}", file=sys.stderr)
+        return 1
+    metrics = json.loads(metrics_file.read_text())
+    summaries = json.loads((run_dir / "summaries.json").read_text())
+    facts = {
+        "experiment": f"specialize_{study}",
+        "command": shown,
+        "machine": machine(),
+        "wall_seconds": round(wall, 1),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    out = ROOT / "experiments" / "results" / f"specialize_{study}"
+    record = {
+        **facts,
+        "train_accuracy_of_base": metrics["accuracy"],
+        "classifier": metrics.get("classifier"),
+        "mask": {k: metrics.get("mask", {}).get(k) for k in ("masked", "reused", "mean_drop")},
+        "specialization": metrics["specialization"],
+    }
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    md = markdown(metrics, summaries, facts)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

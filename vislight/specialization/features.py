@@ -1,0 +1,59 @@
+"""What the specialised heads read from the base classifier, in one pass over the images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+
+def last_linear(net: nn.Module) -> nn.Linear:
+    """The classifier's head: its last ``nn.Linear`` (input = the pooled penultimate features)."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("specialisation needs a classifier whose head is an nn.Linear")
+    return linears[-1]
+
+
+@torch.no_grad()
+def collect_features(
+    classifier: nn.Module,
+    dataset,
+    indices: Sequence[int],
+    layer: nn.Module,
+    device: torch.device,
+    batch_size: int = 32,
+    desc: str = "features",
+) -> dict[str, torch.Tensor]:
+    """Feature maps at ``layer``, pooled head inputs and logits of ``dataset[indices]``.
+
+    Returns (on the CPU, float32): ``maps`` (N, C, h, w), ``pooled`` (N, D) (the input of the head,
+    :func:`last_linear`), ``logits`` (N, K), ``labels`` (N,), ``indices`` (N,).
+    """
+    head = last_linear(classifier.net)
+    grabbed: dict[str, torch.Tensor] = {}
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o: grabbed.__setitem__("maps", o)),
+        head.register_forward_pre_hook(lambda m, i: grabbed.__setitem__("pooled", i[0])),
+    ]
+    out: dict[str, list[torch.Tensor]] = {"maps": [], "pooled": [], "logits": [], "labels": []}
+    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False)
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False, mininterval=1.0):
+            logits = classifier(batch["image"].to(device))
+            out["maps"].append(grabbed["maps"].float().cpu())
+            out["pooled"].append(grabbed["pooled"].flatten(1).float().cpu())
+            out["logits"].append(logits.float().cpu())
+            out["labels"].append(torch.as_tensor(batch["label"]))
+    finally:
+        for h in hooks:
+            h.remove()
+        classifier.train(was_training)
+    result = {k: torch.cat(v) for k, v in out.items()}
+    result["indices"] = torch.as_tensor(list(indices))
+    return result
