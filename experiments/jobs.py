@@ -1,8 +1,18 @@
-"""What the study scripts share: the ``python -m vislight`` command line they run."""
+"""What the study scripts share: the ``python -m vislight`` command line they run, their
+command-line arguments, and running one study with its command, machine and wall time."""
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def vislight_command(*overrides: str, multirun: bool = False) -> list[str]:
@@ -16,3 +26,34 @@ def vislight_command(*overrides: str, multirun: bool = False) -> list[str]:
         "trainer.enable_progress_bar=false",
         *overrides,
     ]
+
+
+def study_args(script: str, studies: Sequence[str]) -> tuple[str, list[str]] | None:
+    """``(study, extra overrides)`` from ``sys.argv``, or None after printing the usage."""
+    if len(sys.argv) < 2 or sys.argv[1] not in studies:
+        print(f"usage: python experiments/{script} {{{','.join(studies)}}} [overrides]")
+        return None
+    return sys.argv[1], sys.argv[2:]
+
+
+def machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def run_study(cmd: list[str]) -> tuple[int, dict]:
+    """Print and run ``cmd`` from the project root; returns its exit status and the facts a
+    result records: ``command`` (as typed, paths relative), ``machine``, ``wall_seconds``, ``date``."""
+    shown = " ".join(["python", *cmd[1:]]).replace(str(ROOT) + "/", "")
+    print(shown, flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT)
+    return proc.returncode, {
+        "command": shown,
+        "machine": machine(),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }

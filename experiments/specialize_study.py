@@ -11,18 +11,13 @@ masks computed elsewhere). Results: experiments/results/specialize_<study>.{json
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
-from datetime import datetime, timezone
-from pathlib import Path
 
-from compare_study import machine
-from jobs import vislight_command
+from jobs import ROOT, run_study, study_args, vislight_command
 
-ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ("synth", "cub")
 METHODS = ("base", "specialized", "kmeans_control", "head_control")
+NOTES = "\nNotes:\n"
 
 
 def _cell(v) -> str:
@@ -81,30 +76,20 @@ def markdown(metrics: dict, summaries: dict, facts: dict) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in STUDIES:
-        print(f"usage: python experiments/specialize_study.py {{{','.join(STUDIES)}}} [overrides]")
+    args = study_args("specialize_study.py", STUDIES)
+    if args is None:
         return 2
-    study, extra = sys.argv[1], sys.argv[2:]
+    study, extra = args
     run_dir = ROOT / "outputs" / "studies" / f"specialize_{study}"
     cmd = vislight_command(f"experiment=specialize_{study}", f"paths.output_dir={run_dir}", *extra)
-    shown = " ".join(["python", *cmd[1:]]).replace(str(ROOT) + "/", "")
-    print(shown, flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT)
-    wall = time.perf_counter() - t0
+    returncode, facts = run_study(cmd)
     metrics_file = run_dir / "metrics.json"
-    if proc.returncode != 0 or not metrics_file.is_file():
-        print(f"study failed (exit {proc.returncode}); see {run_dir}", file=sys.stderr)
+    if returncode != 0 or not metrics_file.is_file():
+        print(f"study failed (exit {returncode}); see {run_dir}", file=sys.stderr)
         return 1
     metrics = json.loads(metrics_file.read_text())
     summaries = json.loads((run_dir / "summaries.json").read_text())
-    facts = {
-        "experiment": f"specialize_{study}",
-        "command": shown,
-        "machine": machine(),
-        "wall_seconds": round(wall, 1),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    facts = {"experiment": f"specialize_{study}", **facts}
     out = ROOT / "experiments" / "results" / f"specialize_{study}"
     record = {
         **facts,
@@ -115,7 +100,10 @@ def main() -> int:
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     md = markdown(metrics, summaries, facts)
-    out.with_suffix(".md").write_text(md)
+    previous = out.with_suffix(".md")
+    if previous.is_file() and NOTES in previous.read_text():  # hand-written notes survive reruns
+        md += NOTES + previous.read_text().split(NOTES, 1)[1]
+    previous.write_text(md)
     print(md)
     return 0
 

@@ -49,6 +49,13 @@ class Classifier(nn.Module):
         """(B, 3, H, W) in [0, 1] -> (B, num_classes) logits."""
         return self.net((x - self.mean) / self.std)
 
+    def head(self) -> nn.Linear:
+        """The last ``nn.Linear`` of ``net`` (its input: the pooled penultimate features)."""
+        linears = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(f"{self.name} has no nn.Linear head")
+        return linears[-1]
+
     def feature_module(self, layer: str | None = None) -> nn.Module:
         """The submodule of ``net`` named ``layer`` (default: :attr:`feature_layer`)."""
         layer = layer or self.feature_layer

@@ -10,14 +10,6 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 
-def last_linear(net: nn.Module) -> nn.Linear:
-    """The classifier's head: its last ``nn.Linear`` (input = the pooled penultimate features)."""
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("specialisation needs a classifier whose head is an nn.Linear")
-    return linears[-1]
-
-
 @torch.no_grad()
 def collect_features(
     classifier: nn.Module,
@@ -31,9 +23,9 @@ def collect_features(
     """Feature maps at ``layer``, pooled head inputs and logits of ``dataset[indices]``.
 
     Returns (on the CPU, float32): ``maps`` (N, C, h, w), ``pooled`` (N, D) (the input of the head,
-    :func:`last_linear`), ``logits`` (N, K), ``labels`` (N,), ``indices`` (N,).
+    :meth:`~vislight.models.classifier.Classifier.head`), ``logits`` (N, K), ``labels`` (N,), ``indices`` (N,).
     """
-    head = last_linear(classifier.net)
+    head = classifier.head()
     grabbed: dict[str, torch.Tensor] = {}
     hooks = [
         layer.register_forward_hook(lambda m, i, o: grabbed.__setitem__("maps", o)),

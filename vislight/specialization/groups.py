@@ -21,9 +21,7 @@ def soft_confusion(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> n
     return conf
 
 
-def confused_groups(
-    confusion: np.ndarray, num_groups: int, group_size: int, candidates=None
-) -> list[list[int]]:
+def confused_groups(confusion: np.ndarray, num_groups: int, group_size: int) -> list[list[int]]:
     """Disjoint groups of the most confused classes.
 
     Greedy: the pair with the largest symmetric off-diagonal confusion ``C + Cᵀ`` among unused
@@ -31,8 +29,8 @@ def confused_groups(
     holds ``group_size`` classes; repeated ``num_groups`` times.
 
     Args:
-        confusion: (K, K) (soft) confusion matrix, rows = true class.
-        candidates: classes allowed in groups (default: every class with a non-zero row).
+        confusion: (K, K) (soft) confusion matrix, rows = true class; classes whose row is zero
+            (no image) join no group.
     Returns:
         Up to ``num_groups`` sorted lists of class indices.
     """
@@ -40,9 +38,7 @@ def confused_groups(
         raise ValueError(f"specialize.group_size={group_size} is invalid: it must be >= 2")
     sym = confusion + confusion.T
     np.fill_diagonal(sym, -np.inf)
-    free = set(range(len(confusion)) if candidates is None else candidates) & {
-        i for i in range(len(confusion)) if confusion[i].sum() > 0
-    }
+    free = {i for i in range(len(confusion)) if confusion[i].sum() > 0}
     groups: list[list[int]] = []
     while len(groups) < num_groups and len(free) >= group_size:
         idx = sorted(free)

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vislight.specialization.features import collect_features, last_linear
+from vislight.specialization.features import collect_features
 from vislight.specialization.groups import confused_groups, soft_confusion
 from vislight.specialization.module import SpecializationModule
 from vislight.specialization.prototypes import (
@@ -57,7 +57,6 @@ def choose_groups(
     num_groups: int,
     group_size: int,
     device: torch.device,
-    candidates: Sequence[int] | None = None,
 ) -> tuple[list[list[int]], np.ndarray]:
     """The ``num_groups`` groups of ``group_size`` classes the classifier confuses most on
     ``dataset`` (soft confusion). Returns ``(groups, confusion)``."""
@@ -66,7 +65,7 @@ def choose_groups(
         probs.append(classifier(batch["image"].to(device)).softmax(1).float().cpu())
         labels.append(torch.as_tensor(batch["label"]))
     conf = soft_confusion(torch.cat(probs).numpy(), torch.cat(labels).numpy(), num_classes)
-    return confused_groups(conf, num_groups, group_size, candidates), conf
+    return confused_groups(conf, num_groups, group_size), conf
 
 
 def _fit(train: dict, num_prototypes: int, g: int, head, train_head: bool, cfg: Mapping, seed: int):
@@ -170,7 +169,7 @@ def specialize_group(
     )
     maps_of = {i: member_maps[k] for k, i in enumerate(members)}
     protos = summary_prototypes([s for c in names for s in summaries.get(c, [])], maps_of, mean)
-    head = last_linear(classifier.net)
+    head = classifier.head()
     head_init = (head.weight[group].detach().cpu(), head.bias[group].detach().cpu())
     result: dict = {
         "classes": names,

@@ -34,10 +34,8 @@ class ClassifierModule(pl.LightningModule):
         self.classifier = classifier
         self.save_hyperparameters(ignore=["classifier"])
         if trainable == "head":  # a linear probe: the pretrained backbone stays frozen
-            from vislight.specialization.features import last_linear
-
             classifier.requires_grad_(False)
-            last_linear(classifier.net).requires_grad_(True)
+            classifier.head().requires_grad_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
