@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -71,6 +72,15 @@ def compose_config(overrides: Sequence[str] = (), tmp: Path | None = None) -> Di
     return cfg
 
 
+def compose_job_config(overrides: Sequence[str] = (), tmp: Path | None = None) -> DictConfig:
+    """What ``python -m vislight OVERRIDES`` hands to ``run``: the composed config without Hydra's
+    own node (see :func:`compose_config` for ``tmp``)."""
+    cfg = compose_config(overrides, tmp)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 @pytest.fixture
 def make_cfg(tmp_path) -> Callable[..., DictConfig]:
     """``make_cfg(*overrides)``: a composed config writing under this test's tmp_path."""
@@ -121,6 +131,74 @@ TINY_PIPELINE = [
 ]
 
 
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """``train.cache_dir`` shared by the whole test run: the tiny pipeline's classifier is trained
+    once (by :func:`tiny_reference`) and reused by every test that passes this folder."""
+    return tmp_path_factory.mktemp("tiny_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory, tiny_cache) -> Path:
+    """The run folder of one uninterrupted tiny pipeline (every stage of the default job, in this
+    process): its trained classifier is cached in ``tiny_cache``; its masks, summaries.json and
+    report are the reference that reruns, resumed and interrupted runs are compared with."""
+    from vislight.pipeline import run
+
+    out = tmp_path_factory.mktemp("tiny_reference") / "run"
+    cfg = compose_config([*TINY_PIPELINE, "logger=none"])
+    with open_dict(cfg):
+        del cfg["hydra"]  # what @hydra.main hands to the task function
+        cfg.paths.output_dir = str(out)
+        cfg.train.cache_dir = str(tiny_cache)
+        cfg.masks.cache_dir = str(out / "masks")
+    run(cfg, out)
+    assert json.loads((out / "summaries.json").read_text())["classes"], "no summary"
+    return out
+
+
+def tiny_args(out: Path, cache: Path, *extra: str) -> list[str]:
+    """CLI arguments of the tiny pipeline writing to ``out`` with the classifier cache ``cache``."""
+    return [
+        *TINY_PIPELINE,
+        "logger=none",
+        f"paths.output_dir={out}",
+        f"train.cache_dir={cache}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_cli_runs(
+    tmp_path_factory,
+) -> tuple[Path, subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """The tiny pipeline through ``python -m vislight`` twice with one fresh classifier cache
+    (``tmp/cache``): ``run1`` trains its own classifier, ``run2`` reuses it."""
+    tmp = tmp_path_factory.mktemp("cli")
+    first = run_vislight(*tiny_args(tmp / "run1", tmp / "cache"))
+    second = run_vislight(*tiny_args(tmp / "run2", tmp / "cache"))
+    return tmp, first, second
+
+
+def no_partial_files(folder: Path) -> list[Path]:
+    """Every result file under ``folder`` is complete (mask .npz and .json files parse); returns
+    the leftover temporary files of writes cut short (never read: a rerun replaces them)."""
+    from vislight.masks.cache import MaskCache
+
+    leftovers = []
+    for p in folder.rglob("*"):
+        if not p.is_file():
+            continue
+        if p.name.endswith(".tmp"):
+            assert p.name.startswith("."), p
+            leftovers.append(p)
+        elif p.suffix == ".npz":
+            MaskCache.read(p)
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+    return leftovers
+
+
 def run_vislight(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """``python -m vislight ARGS`` from the project root with W&B off; output captured."""
     return subprocess.run(
@@ -133,7 +211,9 @@ def run_vislight(*args: str, timeout: float = 180) -> subprocess.CompletedProces
     )
 
 
-def tiny_multirun(tmp: Path, *overrides: str) -> tuple[Path, subprocess.CompletedProcess]:
+def tiny_multirun(
+    tmp: Path, *overrides: str, cache: Path | None = None
+) -> tuple[Path, subprocess.CompletedProcess]:
     """``python -m vislight -m OVERRIDES`` on the tiny pipeline; returns (sweep folder, process)."""
     sweep = tmp / "sweep"
     proc = run_vislight(
@@ -142,7 +222,7 @@ def tiny_multirun(tmp: Path, *overrides: str) -> tuple[Path, subprocess.Complete
         *TINY_PIPELINE,
         "logger=none",
         f"hydra.sweep.dir={sweep}",
-        f"train.cache_dir={tmp / 'cache'}",
+        f"train.cache_dir={cache or tmp / 'cache'}",
         timeout=900,
     )
     return sweep, proc
@@ -161,10 +241,15 @@ def popen_vislight(args: Sequence[str], log: Path) -> subprocess.Popen:
 
 
 def kill_when(
-    proc: subprocess.Popen, trigger: Callable[[], bool], delay: float, timeout: float = 150
+    proc: subprocess.Popen,
+    trigger: Callable[[], bool],
+    delay: float,
+    timeout: float = 150,
+    sig: int = signal.SIGKILL,
 ) -> bool:
-    """SIGKILL ``proc`` ``delay`` s after ``trigger()`` first holds. False when it never held
-    (the process ended first, or ``timeout`` s passed: then it is killed anyway)."""
+    """Send ``sig`` (SIGKILL) to ``proc`` ``delay`` s after ``trigger()`` first holds and wait for it
+    to end. False when it never held (the process ended first, or ``timeout`` s passed: then it is
+    killed anyway)."""
     deadline = time.monotonic() + timeout
     while not trigger() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -176,6 +261,6 @@ def kill_when(
     time.sleep(delay)
     if proc.poll() is not None:
         return False
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait(timeout=60)
     return True

@@ -101,6 +101,7 @@ def test_comparison_is_logged_to_an_offline_wandb_run(tmp_path, monkeypatch):
     assert len(write_comparison(root)["rows"]) == len(JOBS)
 
 
+@pytest.mark.slow  # end-to-end study: four models trained (make test-all)
 def test_compare_synth_multirun_end_to_end(tmp_path):
     sweep, proc = tiny_multirun(
         tmp_path,

@@ -154,6 +154,7 @@ def single_run(fake_imagenet, tmp_path_factory):
     return out, _job(fake_imagenet, out, "trainer=cpu")
 
 
+@pytest.mark.slow  # end-to-end study on a VGG16 (make test-all)
 def test_vgg16_summaries_end_to_end_on_a_fake_imagenet_folder(single_run):
     out, proc = single_run
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -171,7 +172,10 @@ def test_vgg16_summaries_end_to_end_on_a_fake_imagenet_folder(single_run):
 
 def test_missing_classes_and_weights_stop_before_any_work(fake_imagenet, tmp_path):
     root, weights = fake_imagenet
-    proc = _vislight("experiment=vgg16_summaries", f"data.root={root}", "logger=none")
+    out = tmp_path / "run"
+    proc = _vislight(
+        "experiment=vgg16_summaries", f"data.root={root}", "logger=none", f"paths.output_dir={out}"
+    )
     assert proc.returncode == 2
     assert "lacks 16 of the 18 requested classes" in proc.stderr
     assert "golden retriever (n02099601/)" in proc.stderr
@@ -182,9 +186,11 @@ def test_missing_classes_and_weights_stop_before_any_work(fake_imagenet, tmp_pat
         f"data.classes=[{ROBIN}]",
         f"model.weights_path={tmp_path / 'nope.pth'}",
         "logger=none",
+        f"paths.output_dir={out}",
     )
     assert proc.returncode == 2 and "model.weights_path" in proc.stderr
-    assert not (tmp_path / "run").exists()
+    # Hydra made the run folder; nothing of the run's own is in it
+    assert out.is_dir() and {p.name for p in out.iterdir()} <= {".hydra", "__main__.log"}
 
 
 def _masks(run: Path) -> dict[str, np.ndarray]:
@@ -192,6 +198,7 @@ def _masks(run: Path) -> dict[str, np.ndarray]:
     return {str(f.relative_to(run / "masks")): np.load(f)["sharp"] for f in files}
 
 
+@pytest.mark.slow  # end-to-end study: 2 gloo processes (make test-all)
 def test_two_ddp_processes_give_the_masks_of_one(fake_imagenet, single_run, tmp_path):
     out, proc = single_run
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -219,6 +226,7 @@ def test_two_ddp_processes_give_the_masks_of_one(fake_imagenet, single_run, tmp_
     assert (ddp_out / "summaries.json").is_file()
 
 
+@pytest.mark.slow  # end-to-end study: 2 gloo processes (make test-all)
 def test_ddp_training_caches_one_classifier(tmp_path):
     """Training under trainer=ddp (2 CPU processes): one cached classifier, metrics from rank 0."""
     proc = _vislight(

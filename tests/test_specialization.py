@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_PIPELINE, compose_config, run_vislight
+from conftest import TINY_PIPELINE, compose_config, compose_job_config, run_vislight
 
+from vislight.__main__ import run_or_exit
 from vislight.pipeline import ConfigError, validate
 from vislight.specialization.groups import confused_groups, soft_confusion
 from vislight.specialization.module import SpecializationModule
@@ -150,6 +151,7 @@ TINY_SPECIALIZE = [
 ]
 
 
+@pytest.mark.slow  # end-to-end study (make test-all)
 def test_specialize_synth_runs_end_to_end(tmp_path):
     out = tmp_path / "run"
     proc = run_vislight(
@@ -181,7 +183,7 @@ def test_specialize_synth_runs_end_to_end(tmp_path):
         ("specialize.groups=[disc_bar,bar_triangle]", "specialize.groups=['disc_bar'"),
         ("stages=[classifier,evaluate,groups,masks,specialize]", "needs 'groups', 'masks' and"),
         ("specialize.seeds=[]", "specialize.seeds=[] is invalid"),
-        ("specialize.group_size=1", "specialize.group_size=1 is invalid"),
+        ("specialize.group_size=1", "specialize.group_size=1 is out of range"),
     ],
 )
 def test_bad_specialisation_settings_are_named_before_any_work(tmp_path, override, message):
@@ -190,28 +192,23 @@ def test_bad_specialisation_settings_are_named_before_any_work(tmp_path, overrid
         validate(cfg)
 
 
-def test_specialisation_on_data_without_a_held_out_split_stops_before_any_work(tmp_path):
+def test_specialisation_on_data_without_a_held_out_split_stops_before_any_work(tmp_path, capsys):
     """The CLI's side of the validation: exit 2 and one line."""
-    proc = run_vislight(
-        "experiment=specialize_synth",
-        "data=folder",
-        f"data.root={tmp_path}",
-        "logger=none",
-        f"paths.output_dir={tmp_path / 'run'}",
+    cfg = compose_job_config(
+        ["experiment=specialize_synth", "data=folder", f"data.root={tmp_path}"], tmp_path
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "data.kind='folder' has no named held-out split" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as stop:
+        run_or_exit(cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "data.kind='folder' has no named held-out split" in err
 
 
-def test_unknown_classes_in_named_groups_stop_before_the_evaluation(tmp_path):
-    proc = run_vislight(
-        *TINY_SPECIALIZE,
-        "specialize.groups=[[disc_bar,nope]]",
-        f"paths.output_dir={tmp_path / 'run'}",
-        f"train.cache_dir={tmp_path / 'c'}",
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "lists ['nope'], which are not classes of synth" in proc.stderr
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["accuracy"] is None and "evaluate" not in metrics["timings"]  # never evaluated
+def test_unknown_classes_in_named_groups_stop_before_training(tmp_path, capsys):
+    cfg = compose_job_config([*TINY_SPECIALIZE, "specialize.groups=[[disc_bar,nope]]"], tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        run_or_exit(cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "lists ['nope'], which are not classes of synth" in err, err
+    assert not (tmp_path / "cache").exists()  # nothing trained
+    assert not (tmp_path / "run" / "metrics.json").exists()  # the first stage did not finish

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from conftest import TINY_PIPELINE, compose_config, small_cnn_cfg
+from conftest import TINY_PIPELINE, compose_config, compose_job_config, small_cnn_cfg
 from omegaconf import open_dict
 from scipy import ndimage
 from sklearn.cluster import AffinityPropagation
@@ -772,33 +773,22 @@ def test_part_recall_counts_the_needed_parts_of_a_class_without_regions(tmp_path
 # --------------------------------------------------------------------------------------------
 
 
-def _e2e_cfg(tmp):
-    cfg = compose_config(
-        [
-            "logger=none",
-            "stages=[classifier,evaluate,masks,summaries]",
-            *TINY_PIPELINE,
-        ],
-        tmp,
+@pytest.fixture(scope="module")
+def e2e(tiny_reference, tiny_cache, tmp_path_factory):
+    """The session's tiny reference run (every stage), then a rerun of it in a copy of its folder."""
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    shutil.copytree(tiny_reference, out)
+    cfg = compose_job_config(
+        [*TINY_PIPELINE, "logger=none", "stages=[classifier,evaluate,masks,summaries]"]
     )
     with open_dict(cfg):
-        del cfg["hydra"]  # what @hydra.main hands to the task function
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def e2e(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    cfg = _e2e_cfg(tmp)
-    out = tmp / "run"
-    run(cfg, out)
-    first = (out / "summaries.json").read_bytes()
-    metrics = json.loads((out / "metrics.json").read_text())
-    again = run(_e2e_cfg(tmp), out)
+        cfg.paths.output_dir, cfg.masks.cache_dir = str(out), str(out / "masks")
+        cfg.train.cache_dir = str(tiny_cache)
+    again = run(cfg, out)
     return {
-        "first": first,
+        "first": (tiny_reference / "summaries.json").read_bytes(),
         "second": (out / "summaries.json").read_bytes(),
-        "metrics": metrics,
+        "metrics": json.loads((tiny_reference / "metrics.json").read_text()),
         "again": again,
     }
 

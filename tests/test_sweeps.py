@@ -16,9 +16,12 @@ from vislight.__main__ import objective_value
 from vislight.pipeline import ConfigError, assign_job_device
 
 
-def test_small_optuna_sweep_returns_the_objective(tmp_path):
+@pytest.mark.slow  # end-to-end study: an Optuna sweep (make test-all)
+def test_small_optuna_sweep_returns_the_objective(tmp_path, tiny_cache, tiny_reference):
     # TINY_PIPELINE fixes cluster.min_support=2: the tiny world has 6 images per class
-    sweep, proc = tiny_multirun(tmp_path, "hparams_search=synth_purity", "hydra.sweeper.n_trials=3")
+    sweep, proc = tiny_multirun(
+        tmp_path, "hparams_search=synth_purity", "hydra.sweeper.n_trials=3", cache=tiny_cache
+    )  # the session's trained classifier (tiny_reference trains it)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna"

@@ -263,3 +263,63 @@ def test_trainer_settings_that_change_training_are_not_reused(tmp_path):
     assert short["classifier"]["trained"] is True
     full = run(_tiny_job(tmp_path), tmp_path / "full")
     assert full["classifier"]["reused"] is False
+
+
+# --------------------------------------------------------------------------------------------
+# train.trainable=head: a linear probe
+
+
+class ModeLog(Callback):
+    """Records, at every training step, which modules of the classifier are in training mode."""
+
+    def __init__(self):
+        self.training: list[set[str]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        clf = pl_module.classifier
+        self.training.append({n for n, m in clf.named_modules() if m.training})
+
+
+def _train_tiny(trainable: str, root, callbacks=()):
+    """A resnet_small (BatchNorm) trained 2 epochs of 3 steps: (classifier, state before, after)."""
+    pl.seed_everything(0, verbose=False)
+    clf = build_classifier(small_cnn_cfg("resnet_small", num_classes=3, width=8))
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    module = ClassifierModule(clf, lr=3e-2, trainable=trainable)
+    _trainer(list(callbacks), 2, root).fit(module, datamodule=_tiny_datamodule())
+    return clf, before, clf.state_dict()
+
+
+def test_trainable_head_trains_only_the_head_with_frozen_batchnorm(tmp_path):
+    log = ModeLog()
+    clf, before, after = _train_tiny("head", tmp_path, [log])
+    head = {f"net.{n}" for n, m in clf.net.named_modules() if m is clf.head()}
+    assert head == {"net.fc"}
+    head_keys = {k for k in before if k.rsplit(".", 1)[0] in head}
+    assert head_keys == {"net.fc.weight", "net.fc.bias"}
+    stats = [
+        k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
+    assert len(stats) >= 3 * 5, "no BatchNorm: the test would prove nothing"
+    for k in before.keys() - head_keys:  # backbone weights and BatchNorm statistics
+        assert torch.equal(before[k], after[k]), f"{k} changed in a linear probe"
+    for k in head_keys:
+        assert not torch.equal(before[k], after[k]), f"the head's {k} never learned"
+    # The whole classifier (backbone BatchNorm included) is in eval mode at every training step.
+    assert len(log.training) == 6, log.training
+    assert all(not modes for modes in log.training), log.training
+    assert {n for n, p in clf.named_parameters() if p.requires_grad} == head_keys
+
+    # trainable=all, same seed and data: the backbone and its statistics move too.
+    log = ModeLog()
+    _, before, after = _train_tiny("all", tmp_path / "all", [log])
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert head_keys < changed
+    assert any(k.endswith("running_mean") for k in changed), changed
+    assert any(k.startswith("net.stem.0") for k in changed), changed
+    assert all("net.stem.1" in modes for modes in log.training)
+
+    with pytest.raises(ValueError, match=r"train\.trainable"):
+        ClassifierModule(
+            build_classifier(small_cnn_cfg("resnet_small", num_classes=3)), trainable="backbone"
+        )

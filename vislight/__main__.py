@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,6 +15,8 @@ from omegaconf import DictConfig, open_dict
 
 from vislight import CONF_DIR
 from vislight.distributed import global_rank
+from vislight.interrupt import RunInterrupted
+from vislight.io import WRITE_ERRNOS, WriteError, write_error
 from vislight.models.registry import MissingWeightsError
 from vislight.pipeline import ConfigError, assign_job_device, run
 
@@ -28,18 +32,42 @@ def main(cfg: DictConfig) -> float | None:
         cfg.paths.output_dir = hc.runtime.output_dir
         if hc.mode == RunMode.MULTIRUN:
             assign_job_device(cfg, int(hc.job.num))
+    metrics = run_or_exit(cfg)
+    if global_rank() != 0:  # the other processes of a multi-device run report nothing
+        return None
     try:
-        metrics = run(cfg)
-        if global_rank() != 0:  # the other processes of a multi-device run report nothing
-            return None
         return objective_value(metrics, cfg.get("objective") or "accuracy")
+    except ConfigError as e:
+        _exit(f"error: {e}", 2)
+
+
+def run_or_exit(cfg: DictConfig) -> dict:
+    """``run(cfg)``; a run that cannot go on ends the process with one line on stderr (no
+    traceback; ``VISLIGHT_DEBUG=1`` shows it) and the exit code: 2 = a bad config value or input,
+    1 = a file the run could not write (full disk, unwritable folder), 130 / 143 = stopped by
+    SIGINT / SIGTERM (rerun the same command to resume)."""
+    try:
+        return run(cfg)
+    except RunInterrupted as stop:
+        _exit(str(stop), stop.exit_code)
     except (ConfigError, MissingWeightsError, FileNotFoundError, ValueError) as e:
-        # Bad input or config: one line that names the problem, no traceback (VISLIGHT_DEBUG=1 shows it).
         if os.environ.get("VISLIGHT_DEBUG"):
             raise
-        log.error("%s", e)
-        print(f"vislight: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _exit(f"error: {e}", 2)
+    except OSError as e:
+        if os.environ.get("VISLIGHT_DEBUG") or not (
+            isinstance(e, WriteError) or e.errno in WRITE_ERRNOS
+        ):
+            raise
+        if not isinstance(e, WriteError):  # a write outside vislight.io (Lightning's checkpoints)
+            e = write_error(Path(e.filename or cfg.paths.output_dir), e)
+        _exit(f"error: {e}", 1)
+
+
+def _exit(message: str, code: int) -> NoReturn:
+    log.error("%s", message)
+    print(f"vislight: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def objective_value(metrics: dict, key: str) -> float:

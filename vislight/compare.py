@@ -29,7 +29,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from vislight.io import write_json
+from vislight.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def _link_reports(root: Path, rows: Sequence[Mapping]) -> None:
             continue
         rel = os.path.relpath(target, page.parent)
         link = f"<p class='meta'>Compared with the other jobs of this sweep: <a href='{html.escape(rel)}'>comparison</a></p>"
-        page.write_text(text.replace(REPORT_MARK, REPORT_MARK + link, 1), encoding="utf-8")
+        write_text(page, text.replace(REPORT_MARK, REPORT_MARK + link, 1))
 
 
 def log_to_wandb(root: Path, result: Mapping, logger_cfg: Mapping, group: str | None) -> None:
@@ -266,12 +266,8 @@ def write_comparison(
     }
     write_json(root / "comparison.json", result)
     plot(rows, result["spearman"], result["pearson"], root / "comparison.png")
-    (root / "comparison.md").write_text(
-        _markdown(rows, result["spearman"], result["pearson"]), encoding="utf-8"
-    )
-    (root / "comparison.html").write_text(
-        _html(rows, result["spearman"], result["pearson"]), encoding="utf-8"
-    )
+    write_text(root / "comparison.md", _markdown(rows, result["spearman"], result["pearson"]))
+    write_text(root / "comparison.html", _html(rows, result["spearman"], result["pearson"]))
     _link_reports(root, rows)
     if wandb_cfg is not None:
         log_to_wandb(root, result, wandb_cfg, group)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +25,17 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from vislight.config_ranges import check_ranges
 from vislight.data.datamodule import ClassificationDataModule, build_datamodule
+from vislight.data.folder import require_folder
 from vislight.data.imagenet import check_synset_folder, resolve_classes
 from vislight.distributed import global_rank, local_rank
+from vislight.errors import ConfigError
 from vislight.evaluation.accuracy import evaluate_accuracy
-from vislight.io import write_json
+from vislight.interrupt import RunInterrupted, StopCallback, stop_on_signals
+from vislight.io import write_json, write_text
 from vislight.masks.optimize import MaskConfig
 from vislight.masks.stage import run_masks
 from vislight.models.classifier import Classifier
@@ -37,10 +43,6 @@ from vislight.models.registry import build_classifier
 from vislight.training.fit import classifier_cache_key, fit_or_load_classifier
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """An invalid config value; the message names the key, the value and what is allowed."""
 
 
 @dataclass
@@ -99,7 +101,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the values a user is likely to get wrong, before any heavy work."""
+    """Check the config before any heavy work: every numeric value against its declared range
+    (``vislight/config_ranges.py``), then the choices and combinations a user may get wrong."""
+    check_ranges(cfg)
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ConfigError(
@@ -114,48 +118,18 @@ def validate(cfg: DictConfig) -> None:
             MaskConfig.from_cfg(cfg.masks)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        for key in ("images_per_class", "batch_size"):
-            value = cfg.masks[key]
-            if not (isinstance(value, int) and value >= 1):
-                raise ConfigError(f"masks.{key}={value!r} is invalid: it must be an integer >= 1")
-        patience = cfg.masks.early_stopping.patience
-        if not (isinstance(patience, int) and patience >= 1):
-            raise ConfigError(
-                f"masks.early_stopping.patience={patience!r} is invalid: it must be an integer >= 1"
-            )
     checks = []
     if "summaries" in cfg.stages:
-        fraction, nonneg = (
-            (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-            (lambda v: v >= 0, ">= 0"),
+        checks.append(
+            (
+                "similarity.mode",
+                cfg.similarity.mode,
+                lambda v: v in ("faiss", "dense"),
+                "faiss or dense",
+            )
         )
-        for key, (ok, allowed) in {
-            "cluster.preference_factor": (lambda v: v > 0, "> 0"),
-            "cluster.damping": (lambda v: 0.5 <= v < 1, "in [0.5, 1)"),
-            "cluster.min_support": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-            "cluster.min_support_fraction": fraction,
-            "cluster.coherence_ratio": nonneg,
-            "cluster.outlier_ratio": fraction,
-            "cluster.tag_min_share": fraction,
-            "cluster.keypoint_margin": fraction,
-            "cluster.needed_drop": fraction,
-            "similarity.k": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-            "similarity.w_xy": nonneg,
-            "similarity.w_scale": nonneg,
-            "similarity.mode": (lambda v: v in ("faiss", "dense"), "faiss or dense"),
-        }.items():
-            checks.append((key, OmegaConf.select(cfg, key), ok, allowed))
     if "groups" in cfg.stages or "specialize" in cfg.stages:
-        positive_int = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
         for key, (ok, allowed) in {
-            "specialize.num_groups": positive_int,
-            "specialize.group_size": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
-            "specialize.epochs": positive_int,
-            "specialize.batch_size": positive_int,
-            "specialize.feature_batch_size": positive_int,
-            "specialize.lr": (lambda v: v > 0, "a positive number"),
-            "specialize.weight_decay": (lambda v: v >= 0, ">= 0"),
-            "specialize.init_std": (lambda v: v >= 0, ">= 0"),
             "specialize.seeds": (
                 lambda v: len(v) >= 1 and all(isinstance(x, int) for x in v),
                 "a non-empty list of integers",
@@ -168,53 +142,7 @@ def validate(cfg: DictConfig) -> None:
             checks.append((key, OmegaConf.select(cfg, key), ok, allowed))
         if "specialize" in cfg.stages:
             _validate_specialize(cfg)
-    checks += [
-        (
-            "train.epochs",
-            cfg.train.epochs,
-            lambda v: isinstance(v, int) and v >= 1,
-            "an integer >= 1",
-        ),
-        ("train.lr", cfg.train.lr, lambda v: v > 0, "a positive number"),
-        (
-            "data.batch_size",
-            cfg.data.batch_size,
-            lambda v: isinstance(v, int) and v >= 1,
-            "an integer >= 1",
-        ),
-    ]
-    if cfg.data.kind == "synth":
-        checks += [
-            (
-                "data.image_size",
-                cfg.data.image_size,
-                lambda v: isinstance(v, int) and 16 <= v <= 224,
-                "an integer in [16, 224]",
-            ),
-            (
-                "data.num_classes",
-                cfg.data.num_classes,
-                lambda v: isinstance(v, int) and 2 <= v <= 10,
-                "an integer in [2, 10]",
-            ),
-            (
-                "data.watermark.rate",
-                cfg.data.watermark.rate,
-                lambda v: 0 <= v <= 1,
-                "a fraction in [0, 1]",
-            ),
-        ]
-        for split in ("train", "val", "test"):
-            key = f"{split}_per_class"
-            checks.append(
-                (
-                    f"data.{key}",
-                    cfg.data[key],
-                    lambda v: isinstance(v, int) and v >= 1,
-                    "an integer >= 1",
-                )
-            )
-    elif cfg.data.kind in ("folder", "csv", "cub", "imagenet"):
+    if cfg.data.kind in ("folder", "csv", "cub", "imagenet"):
         root = cfg.data.get("root")
         if not root:
             example = (
@@ -223,10 +151,13 @@ def validate(cfg: DictConfig) -> None:
                 else "/path/to/images (a folder of class folders)"
             )
             raise ConfigError(f"data.root is not set: pass data.root={example}")
-        if cfg.data.kind == "imagenet":  # the synset folders of every requested class
-            check_synset_folder(root, resolve_classes(cfg.data.get("classes") or range(1000)))
-        elif not Path(root).expanduser().is_dir():
-            raise ConfigError(f"data.root={root!r} does not exist: pass data.root=/path/to/images")
+        try:
+            if cfg.data.kind == "imagenet":  # the synset folders of every requested class
+                check_synset_folder(root, resolve_classes(cfg.data.get("classes") or range(1000)))
+            else:
+                require_folder(root, "data.root", "/path/to/images (a folder of class folders)")
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
     for key, value, ok, allowed in checks:
         try:
             good = ok(value)
@@ -279,6 +210,21 @@ def _model_cfg(cfg: DictConfig, num_classes: int | None = None) -> dict:
     return model
 
 
+def check_class_names(cfg: DictConfig, dm: ClassificationDataModule) -> None:
+    """The class names the config lists (``masks.classes``, ``specialize.groups``) must be classes
+    of the evaluated data."""
+    named = {"masks.classes": cfg.masks.get("classes") if "masks" in cfg.stages else None}
+    if "groups" in cfg.stages and cfg.specialize.get("groups"):
+        named["specialize.groups"] = [c for g in cfg.specialize.groups for c in g]
+    for key, wanted in named.items():
+        unknown = [c for c in wanted or [] if c not in dm.classes]
+        if unknown:
+            raise ConfigError(
+                f"{key}={list(wanted)} lists {unknown}, which are not classes of "
+                f"{dm.name}; its classes: {[c for c in dm.classes if not c.isdigit()][:20]}"
+            )
+
+
 def stage_classifier(ctx: RunContext) -> None:
     """Build the explained classifier and its data; train it (or reuse the cached training)."""
     cfg = ctx.cfg
@@ -286,8 +232,9 @@ def stage_classifier(ctx: RunContext) -> None:
     dm = build_datamodule(
         cfg.data, input_size=model_cfg["input_size"], resize_size=model_cfg.get("resize_size")
     )
+    dm.setup("test")
+    check_class_names(cfg, dm)  # before any training or evaluation
     if model_cfg["num_classes"] is None:
-        dm.setup("test")
         model_cfg["num_classes"] = len(dm.classes)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same random init on every rank
     classifier = build_classifier(model_cfg)  # fails early on missing weights
@@ -303,7 +250,9 @@ def stage_classifier(ctx: RunContext) -> None:
         cache = Path(cfg.train.cache_dir) / f"{model_cfg['name']}-{cfg.data.name}-{key}"
 
         def make_trainer(callbacks):
-            return instantiate(cfg.trainer, callbacks=callbacks, logger=ctx.loggers or False)
+            return instantiate(
+                cfg.trainer, callbacks=[*callbacks, StopCallback()], logger=ctx.loggers or False
+            )
 
         info = fit_or_load_classifier(
             classifier, dm, cfg.train, cache, make_trainer, ctx.output_dir
@@ -317,16 +266,6 @@ def stage_evaluate(ctx: RunContext) -> None:
     """Test accuracy of the explained classifier on the evaluated split."""
     dm = ctx.datamodule
     dm.setup("test")
-    named = {"masks.classes": ctx.cfg.masks.get("classes") if "masks" in ctx.cfg.stages else None}
-    if "groups" in ctx.cfg.stages and ctx.cfg.specialize.get("groups"):
-        named["specialize.groups"] = [c for g in ctx.cfg.specialize.groups for c in g]
-    for key, wanted in named.items():
-        unknown = [c for c in wanted or [] if c not in dm.classes]
-        if unknown:  # before the evaluation, the first heavy step
-            raise ConfigError(
-                f"{key}={list(wanted)} lists {unknown}, which are not classes of "
-                f"{dm.name}; its classes: {[c for c in dm.classes if not c.isdigit()][:20]}"
-            )
     result = evaluate_accuracy(ctx.classifier, dm.test_dataloader(), ctx.device, dm.classes)
     ctx.metrics["accuracy"] = result["accuracy"]
     ctx.metrics["test_images"] = result["images"]
@@ -585,22 +524,30 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     output_dir = Path(output_dir or cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if global_rank() == 0:
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     ctx = RunContext(cfg=cfg, output_dir=output_dir, device=resolve_device(cfg.device))
     ctx.metrics.update(model=cfg.model.name, dataset=cfg.data.name, accuracy=None, timings={})
     ctx.loggers = _make_loggers(cfg) if global_rank() == 0 else []
+    name = None
     try:
-        for name in cfg.stages:
-            if name not in ALL_RANK_STAGES and global_rank() != 0:
-                # Multi-device run: the other ranks helped with training and masks; rank 0 goes on.
-                log.info("rank %d: done after the multi-device stages", global_rank())
-                return ctx.metrics
-            t0 = time.perf_counter()
-            log.info("stage %s", name)
-            STAGES[name](ctx)
-            ctx.metrics["timings"][name] = round(time.perf_counter() - t0, 3)
-            ctx.save_metrics()
-        _log_to_loggers(ctx.loggers, ctx.metrics)
+        with stop_on_signals():  # SIGINT / SIGTERM: stop at the next safe point, resumable
+            for name in cfg.stages:
+                if name not in ALL_RANK_STAGES and global_rank() != 0:
+                    # Multi-device run: the other ranks helped with training and masks; rank 0 goes on.
+                    log.info("rank %d: done after the multi-device stages", global_rank())
+                    return ctx.metrics
+                t0 = time.perf_counter()
+                log.info("stage %s", name)
+                try:
+                    STAGES[name](ctx)
+                except SIGTERMException:  # Lightning's own stop on SIGTERM (a SystemExit)
+                    raise RunInterrupted(signal.SIGTERM) from None
+                ctx.metrics["timings"][name] = round(time.perf_counter() - t0, 3)
+                ctx.save_metrics()
+            _log_to_loggers(ctx.loggers, ctx.metrics)
+    except RunInterrupted as stop:
+        stop.stage, stop.finished = name, list(ctx.metrics["timings"])
+        raise
     finally:
         if ctx.loggers:
             import wandb

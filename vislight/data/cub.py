@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from vislight.data.folder import content_key, load_rgb, preprocess
+from vislight.data.folder import content_key, load_rgb, preprocess, require_folder
 
 PART_GROUPS: dict[str, tuple[str, ...]] = {
     "head": ("beak", "crown", "forehead", "left eye", "right eye", "nape", "throat"),
@@ -77,10 +77,7 @@ class CubPartsDataset(Dataset):
         if split not in ("train", "test", "all"):
             raise ValueError(f"data.split={split!r} is invalid: use train, test or all")
         self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"data.root={str(self.root)!r} does not exist: point it at the CUB folder"
-            )
+        require_folder(self.root, "data.root", "/path/to/CUB_200_2011 (images.txt, parts/, ...)")
         self.input_size, self.resize_size = int(input_size), resize_size
         class_names = {int(i): name for i, name in _table(self.root / "classes.txt")}
         unknown = [c for c in classes if int(c) not in class_names]

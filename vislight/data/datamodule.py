@@ -15,7 +15,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vislight.data.cub import CubPartsDataset
-from vislight.data.folder import ImageListDataset, scan_class_folders, scan_csv
+from vislight.data.folder import (
+    DEFAULT_MAX_PIXELS,
+    ImageListDataset,
+    require_folder,
+    scan_class_folders,
+    scan_csv,
+    set_max_pixels,
+)
 from vislight.data.imagenet import check_synset_folder, imagenet_classes, resolve_classes
 from vislight.data.synth import WorldConfig, class_designs
 from vislight.data.synth_dataset import SynthPartDataset
@@ -164,10 +171,7 @@ class FolderDataModule(ClassificationDataModule):
         self.labels_csv, self.csv_columns = labels_csv, dict(csv_columns or {})
         self.label_map = dict(label_map) if label_map else None
         self.label_names = dict(label_names) if label_names else None
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"data.root={str(self.root)!r} does not exist: set data.root to your image folder"
-            )
+        require_folder(self.root, "data.root", "/path/to/images (a folder of class folders)")
 
     def _dataset(self, root: Path) -> ImageListDataset:
         if self.labels_csv:
@@ -221,6 +225,8 @@ def build_datamodule(
 ) -> ClassificationDataModule:
     """The datamodule for a ``conf/data/*.yaml`` node; folder data uses the classifier's input size."""
     kind = cfg.get("kind")
+    if kind != "synth":  # decoded from files: Pillow's decompression-bomb limit
+        set_max_pixels(cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
     loader_kw = {
         "batch_size": cfg.get("batch_size", 128),
         "num_workers": cfg.get("num_workers", 0),

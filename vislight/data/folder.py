@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,26 +20,61 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+# Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), the default of data.max_pixels.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+def set_max_pixels(max_pixels: int | None) -> None:
+    """Pillow's decompression-bomb limit for this process (``data.max_pixels``; None = no limit).
+    Images with more pixels are refused before they are decoded."""
+    Image.MAX_IMAGE_PIXELS = None if max_pixels is None else int(max_pixels)
+
+
+def require_folder(root: str | Path, key: str, expected: str) -> Path:
+    """``root`` as a Path when it is a folder; else one clear error naming ``key`` and what to pass."""
+    path = Path(root).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        problem = "is a file, not a folder"
+    elif path.is_symlink():
+        problem = "is a broken symbolic link"
+    else:
+        problem = "does not exist"
+    raise FileNotFoundError(f"{key}={str(root)!r} {problem}: pass {key}={expected}")
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Decode ``path`` fully as an upright RGB image; raises ``ValueError`` with the reason."""
+    """Decode ``path`` fully as an upright RGB image; raises ``ValueError`` with the reason.
+
+    Every decoding failure becomes that ValueError (the caller records a skip), decompression bombs
+    included: images above Pillow's pixel limit (:func:`set_max_pixels`) are refused unread."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P"):
-                rgba = im.convert("RGBA")
-                canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-                canvas.paste(rgba, mask=rgba.getchannel("A"))
-                return canvas
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                im = im.point(lambda v: v / 256).convert("L")
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            # Pillow warns between the limit and twice the limit and raises above: refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                if im.mode in ("RGBA", "LA", "P"):
+                    rgba = im.convert("RGBA")
+                    canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+                    canvas.paste(rgba, mask=rgba.getchannel("A"))
+                    return canvas
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    im = im.point(lambda v: v / 256).convert("L")
+                return im.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(
+            f"too many pixels, a possible decompression bomb ({e}); raise data.max_pixels "
+            f"(now {Image.MAX_IMAGE_PIXELS}) to accept it"
+        ) from None
     except UnidentifiedImageError:
         raise ValueError("not a readable image") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"corrupt image ({e})") from None
+    except Exception as e:  # any other decoder failure: this file is skipped, the run goes on
+        raise ValueError(f"could not be decoded ({type(e).__name__}: {e})") from None
 
 
 def preprocess(im: Image.Image, input_size: int, resize_size: int | None) -> torch.Tensor:
@@ -102,6 +138,17 @@ class ImageListDataset(Dataset):
         }
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image file (None when it is a regular file)."""
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link (its target {str(path.readlink())!r} does not exist)"
+    if path.is_dir():
+        return "a folder inside a class folder (sub-folders are not read)"
+    return "missing" if not path.exists() else "not a regular file"
+
+
 def scan_class_folders(
     root: Path,
     classes: list[str] | None = None,
@@ -120,11 +167,7 @@ def scan_class_folders(
         unmapped = [c for c in classes if c not in label_map]
         if unmapped:
             raise ValueError(f"data.label_map has no label for the class folders {unmapped}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"data.root={str(root)!r} is not a folder: point data.root at a folder of class sub-folders"
-        )
+    root = require_folder(root, "data.root", "/path/to/images (a folder of class folders)")
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
     if classes is None:
         classes = found
@@ -140,12 +183,14 @@ def scan_class_folders(
     items, skipped = [], []
     for position, name in enumerate(classes):
         label = int(label_map[name]) if label_map else position
-        files = sorted(p for p in (root / name).iterdir() if p.is_file())
         n_before = len(items)
-        for p in files:
+        for p in sorted((root / name).iterdir()):
             if max_per_class and len(items) - n_before >= max_per_class:
                 break
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
+            unusable = _not_a_file(p)
+            if unusable:
+                skipped.append({"file": str(p), "reason": unusable})
+            elif p.suffix.lower() in IMAGE_EXTENSIONS:
                 items.append((p, label))
             else:
                 skipped.append(
@@ -180,8 +225,9 @@ def scan_csv(
     with open(table, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             p = root / row[file_column]
-            if not p.is_file():
-                skipped.append({"file": str(p), "reason": "listed in the CSV but missing"})
+            unusable = _not_a_file(p)
+            if unusable:
+                skipped.append({"file": str(p), "reason": f"listed in the CSV but {unusable}"})
                 continue
             label = int(row[label_column])
             items.append((p, label))

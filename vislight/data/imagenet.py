@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from vislight.data.folder import require_folder
+
 TABLE = Path(__file__).with_name("imagenet_classes.tsv")
 SYNSET = re.compile(r"^n\d{8}$")
 
@@ -70,12 +72,11 @@ def resolve_classes(spec: Sequence[int | str]) -> list[ImageNetClass]:
 
 def check_synset_folder(root: str | Path, classes: Sequence[ImageNetClass]) -> None:
     """Fail early, with what to provide, when ``root`` is not a synset folder holding ``classes``."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"data.root={str(root)!r} does not exist: pass data.root=/path/to/ILSVRC2012/val "
-            "(or .../train), a folder of synset folders such as n01558993/"
-        )
+    root = require_folder(
+        root,
+        "data.root",
+        "/path/to/ILSVRC2012/val (or .../train), a folder of synset folders such as n01558993/",
+    )
     present = {p.name for p in root.iterdir() if p.is_dir()}
     if not any(SYNSET.match(n) for n in present):
         hint = (

@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vislight.interrupt import check
+
 
 @torch.no_grad()
 def evaluate_accuracy(
@@ -29,6 +31,7 @@ def evaluate_accuracy(
     by_index: dict[int, tuple[int, int]] = {}
     try:
         for batch in tqdm(loader, desc="evaluate", leave=False, mininterval=1.0):
+            check()  # a stop signal ends the evaluation between batches
             x, y = batch["image"].to(device), batch["label"].to(device)
             pred = model(x).argmax(1)
             hit = pred == y

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vislight.io import _atomic
+from vislight.io import atomic_write
 from vislight.masks.optimize import MaskConfig, MaskResult
 
 
@@ -78,7 +78,7 @@ class MaskCache:
             diagnostics=json.dumps({**result.diagnostics(i), **meta}),
         )
         data = buf.getvalue()
-        _atomic(path, lambda f: f.write(data))
+        atomic_write(path, lambda f: f.write(data))
 
     @staticmethod
     def read(path: Path) -> dict:

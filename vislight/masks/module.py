@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from vislight.interrupt import check
 from vislight.masks.cache import MaskCache
 from vislight.masks.optimize import MaskConfig, optimize_masks
 
@@ -47,7 +48,10 @@ class MaskModule(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int):
         with torch.enable_grad():
-            result = optimize_masks(self.classifier, batch["image"], batch["target"], self.mask_cfg)
+            # A stop signal ends the batch at its next iteration; its masks are never written.
+            result = optimize_masks(
+                self.classifier, batch["image"], batch["target"], self.mask_cfg, on_step=check
+            )
         for i in range(len(batch["index"])):
             meta = {
                 "index": int(batch["index"][i]),

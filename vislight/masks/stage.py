@@ -16,6 +16,7 @@ from scipy.ndimage import distance_transform_edt
 from torch.utils.data import DataLoader, Dataset
 
 from vislight.data.synth import PART_ID
+from vislight.interrupt import RunInterrupted, StopCallback
 from vislight.masks.cache import MaskCache, config_fingerprint, model_fingerprint
 from vislight.masks.module import MaskModule
 from vislight.masks.optimize import MaskConfig
@@ -149,13 +150,19 @@ def run_masks(
             trainer_cfg,
             inference_mode=False,
             logger=False,
-            callbacks=[],
+            callbacks=[StopCallback()],
             enable_checkpointing=False,
         )
         module = MaskModule(classifier, mask_cfg, cache)
         device = next(iter(classifier.buffers())).device
         t0 = time.perf_counter()
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        try:
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+        except RunInterrupted as stop:
+            stop.progress.append(
+                f"{reused + len(module.written)} of {len(jobs)} masks (the rest are computed on rerun)"
+            )
+            raise
         # Under a multi-device strategy every rank wrote its share of the files: wait for all.
         trainer.strategy.barrier("vislight-masks")
         seconds = time.perf_counter() - t0

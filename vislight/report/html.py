@@ -8,6 +8,7 @@ keys, file names, config values) is HTML-escaped.
 from __future__ import annotations
 
 import html
+import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from vislight.io import atomic_write, write_text
 from vislight.masks.cache import MaskCache, safe_name
 from vislight.summaries.rle import rle_decode
 
@@ -124,8 +126,10 @@ def _specialization_section(metrics: dict) -> str:
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    data = buf.getvalue()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def write_report(
@@ -252,7 +256,7 @@ def write_report(
         "document.getElementById('tiles-loaded').textContent=String(n);});</script></body></html>"
     )
     index_file = report / "index.html"
-    index_file.write_text("\n".join(parts), encoding="utf-8")
+    write_text(index_file, "\n".join(parts))
 
     mparts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}: masks</title><style>{CSS}</style></head><body>",
@@ -272,5 +276,5 @@ def write_report(
             )
         mparts.append("</div>")
     mparts.append("</body></html>")
-    (report / "masks.html").write_text("\n".join(mparts), encoding="utf-8")
+    write_text(report / "masks.html", "\n".join(mparts))
     return {"index": index_file, "mosaics": mosaics, "masks": mask_pngs}

@@ -9,6 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from vislight.interrupt import check
+
 
 @torch.no_grad()
 def collect_features(
@@ -37,6 +39,7 @@ def collect_features(
     classifier.eval()
     try:
         for batch in tqdm(loader, desc=desc, leave=False, mininterval=1.0):
+            check()
             logits = classifier(batch["image"].to(device))
             out["maps"].append(grabbed["maps"].float().cpu())
             out["pooled"].append(grabbed["pooled"].flatten(1).float().cpu())

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vislight.interrupt import StopCallback, check
 from vislight.specialization.features import collect_features
 from vislight.specialization.groups import confused_groups, soft_confusion
 from vislight.specialization.module import SpecializationModule
@@ -62,6 +63,7 @@ def choose_groups(
     ``dataset`` (soft confusion). Returns ``(groups, confusion)``."""
     probs, labels = [], []
     for batch in DataLoader(dataset, batch_size=64, shuffle=False):
+        check()
         probs.append(classifier(batch["image"].to(device)).softmax(1).float().cpu())
         labels.append(torch.as_tensor(batch["label"]))
     conf = soft_confusion(torch.cat(probs).numpy(), torch.cat(labels).numpy(), num_classes)
@@ -95,6 +97,7 @@ def _fit(train: dict, num_prototypes: int, g: int, head, train_head: bool, cfg: 
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=True,
+        callbacks=[StopCallback()],
     )
     trainer.fit(module, loader)
     return module.eval()

@@ -22,6 +22,7 @@ from vislight.evaluation.tagging import (
     summary_tag,
     tag_region,
 )
+from vislight.interrupt import check
 from vislight.masks.cache import MaskCache
 from vislight.regions.describe import blur_drops, describe_regions, random_placements
 from vislight.regions.extract import extract_regions
@@ -73,6 +74,7 @@ def summarize_class(
     for img_no, (index, path) in enumerate(
         tqdm(items, desc=f"regions {class_name}", leave=False, mininterval=1.0)
     ):
+        check()  # a stop signal ends the stage between images (summaries.json is written at the end)
         sharp = MaskCache.read(path)["sharp"]
         item = dataset[index]
         image = item["image"]

@@ -30,6 +30,7 @@ _DATA_KEYS_IGNORED = {
     "test_per_class",
     "val_per_class",
     "split",  # the evaluated split (training always uses the train split)
+    "max_pixels",  # the decompression-bomb guard (which files are refused, not what is learned)
 }
 _TRAIN_KEYS_IGNORED = {"cache_dir", "force", "enabled"}
 # Trainer settings that do not change the learned weights.
