@@ -189,8 +189,12 @@ def test_missing_classes_and_weights_stop_before_any_work(fake_imagenet, tmp_pat
         f"paths.output_dir={out}",
     )
     assert proc.returncode == 2 and "model.weights_path" in proc.stderr
-    # Hydra made the run folder; nothing of the run's own is in it
-    assert out.is_dir() and {p.name for p in out.iterdir()} <= {".hydra", "__main__.log"}
+    # the run folder holds its config and logs, but no result: no weights, masks or metrics
+    assert out.is_dir() and {p.name for p in out.iterdir()} <= {
+        ".hydra",
+        "__main__.log",
+        "config.yaml",
+    }
 
 
 def _masks(run: Path) -> dict[str, np.ndarray]:
