@@ -64,11 +64,6 @@ def _handler(signum: int, frame) -> None:
     )
 
 
-def requested() -> int | None:
-    """The stop signal received so far, or None."""
-    return _received
-
-
 def check() -> None:
     """Raise :class:`RunInterrupted` when a stop signal has been received."""
     if _received is not None:

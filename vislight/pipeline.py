@@ -29,7 +29,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from vislight.config_ranges import check_ranges
 from vislight.data.datamodule import ClassificationDataModule, build_datamodule
-from vislight.data.folder import require_folder
+from vislight.data.folder import IMAGE_FOLDER_EXAMPLE, require_folder
 from vislight.data.imagenet import check_synset_folder, resolve_classes
 from vislight.distributed import global_rank, local_rank
 from vislight.errors import ConfigError
@@ -148,14 +148,14 @@ def validate(cfg: DictConfig) -> None:
             example = (
                 "/path/to/ILSVRC2012/val (a folder of ImageNet synset folders n01440764/ ...)"
                 if cfg.data.kind == "imagenet"
-                else "/path/to/images (a folder of class folders)"
+                else IMAGE_FOLDER_EXAMPLE
             )
             raise ConfigError(f"data.root is not set: pass data.root={example}")
         try:
             if cfg.data.kind == "imagenet":  # the synset folders of every requested class
                 check_synset_folder(root, resolve_classes(cfg.data.get("classes") or range(1000)))
             else:
-                require_folder(root, "data.root", "/path/to/images (a folder of class folders)")
+                require_folder(root, "data.root", IMAGE_FOLDER_EXAMPLE)
         except FileNotFoundError as e:
             raise ConfigError(str(e)) from None
     for key, value, ok, allowed in checks:

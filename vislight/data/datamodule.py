@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vislight.data.cub import CubPartsDataset
 from vislight.data.folder import (
     DEFAULT_MAX_PIXELS,
+    IMAGE_FOLDER_EXAMPLE,
     ImageListDataset,
     require_folder,
     scan_class_folders,
@@ -171,7 +172,7 @@ class FolderDataModule(ClassificationDataModule):
         self.labels_csv, self.csv_columns = labels_csv, dict(csv_columns or {})
         self.label_map = dict(label_map) if label_map else None
         self.label_names = dict(label_names) if label_names else None
-        require_folder(self.root, "data.root", "/path/to/images (a folder of class folders)")
+        require_folder(self.root, "data.root", IMAGE_FOLDER_EXAMPLE)
 
     def _dataset(self, root: Path) -> ImageListDataset:
         if self.labels_csv:

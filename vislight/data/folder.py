@@ -30,6 +30,10 @@ def set_max_pixels(max_pixels: int | None) -> None:
     Image.MAX_IMAGE_PIXELS = None if max_pixels is None else int(max_pixels)
 
 
+# What data.root should be for image folders (the fix named by the errors).
+IMAGE_FOLDER_EXAMPLE = "/path/to/images (a folder of class folders)"
+
+
 def require_folder(root: str | Path, key: str, expected: str) -> Path:
     """``root`` as a Path when it is a folder; else one clear error naming ``key`` and what to pass."""
     path = Path(root).expanduser()
@@ -167,7 +171,7 @@ def scan_class_folders(
         unmapped = [c for c in classes if c not in label_map]
         if unmapped:
             raise ValueError(f"data.label_map has no label for the class folders {unmapped}")
-    root = require_folder(root, "data.root", "/path/to/images (a folder of class folders)")
+    root = require_folder(root, "data.root", IMAGE_FOLDER_EXAMPLE)
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
     if classes is None:
         classes = found
