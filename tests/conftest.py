@@ -112,7 +112,8 @@ def small_cnn_cfg(arch: str = "resnet_small", num_classes: int = 6, input_size: 
 
 
 # A whole pipeline in a few seconds: 3 classes at 32 px, a briefly trained resnet_small, 6 masked
-# images per class with short mask optimisation (3 epochs leave resnet_small at chance: no masks).
+# images per class with short mask optimisation (3 epochs leave resnet_small at chance: no masks),
+# in batches of one class: runs stopped between them resume to the same masks bit for bit.
 TINY_PIPELINE = [
     "trainer=cpu",
     "trainer.enable_progress_bar=false",
@@ -123,6 +124,7 @@ TINY_PIPELINE = [
     "data.test_per_class=10",
     "train.epochs=10",
     "masks.images_per_class=6",
+    "masks.batch_size=6",  # 3 batches: stops and kills fall between them
     "masks.smooth.iterations=60",
     "masks.sharp.iterations=30",
     "masks.blur_kernel=41",

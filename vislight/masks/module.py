@@ -62,6 +62,8 @@ class MaskModule(pl.LightningModule):
                 "rank": int(self.global_rank),  # which process of a multi-device run made it
             }
             path = self.cache.path(meta["class_name"], batch["image"][i], meta["key"])
+            if path.is_file():  # finished before an interruption: its batch is re-run whole
+                continue
             self.cache.write(path, result, i, meta)
             self.written.append(str(path))
         return batch["index"]

@@ -52,6 +52,21 @@ class MaskJobDataset(Dataset):
         return item
 
 
+def pending_batches(jobs: Sequence, done: Sequence[bool], batch_size: int) -> list:
+    """The jobs to run: every batch of ``batch_size`` consecutive jobs (the batches an
+    uninterrupted run forms) with at least one mask not done, whole.
+
+    A batch's masks depend, in the last float digits, on which images share it (the kernels a
+    batch shape selects), and mask optimisation amplifies such digits; re-running the unfinished
+    batches exactly as first formed makes a resumed run's masks the uninterrupted run's, bit for
+    bit. The masks already on disk in a re-run batch are kept, not rewritten."""
+    out = []
+    for start in range(0, len(jobs), batch_size):
+        if not all(done[start : start + batch_size]):
+            out.extend(jobs[start : start + batch_size])
+    return out
+
+
 def select_images(
     labels: Sequence[int],
     predictions: Sequence[int],
@@ -117,20 +132,22 @@ def run_masks(
         model_fingerprint(classifier),
         config_fingerprint(mask_cfg),
     )
-    jobs, files, pending = [], {}, []
+    jobs, files = [], {}
     for name, indices in chosen.items():
         if not indices:
             skipped.append({"class": name, "reason": "no correctly classified image of this class"})
         for i in indices:
             item = dataset[i]
-            path = cache.path(name, item["image"], item["key"])
-            files[i] = path
+            files[i] = cache.path(name, item["image"], item["key"])
             jobs.append((i, name))
-            if not path.is_file():
-                pending.append((i, name))
-    reused = len(jobs) - len(pending)
+    reused = sum(files[i].is_file() for i, _ in jobs)
+    pending = pending_batches(jobs, [files[i].is_file() for i, _ in jobs], int(cfg["batch_size"]))
     log.info(
-        "masks: %d images selected, %d cached, %d to optimise", len(jobs), reused, len(pending)
+        "masks: %d images selected, %d cached, %d to optimise (+%d cached re-run in their batch)",
+        len(jobs),
+        reused,
+        len(jobs) - reused,
+        len(pending) - (len(jobs) - reused),
     )
     seconds = 0.0
     if pending:
@@ -187,7 +204,7 @@ def run_masks(
         name: [(i, files[i]) for i in indices if files[i].is_file()]
         for name, indices in chosen.items()
     }
-    return summarize(per_class, skipped, len(pending), reused, seconds) | {"files": by_class}
+    return summarize(per_class, skipped, len(jobs) - reused, reused, seconds) | {"files": by_class}
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
