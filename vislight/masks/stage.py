@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from scipy.ndimage import distance_transform_edt
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vislight.data.synth import PART_ID
 from vislight.interrupt import RunInterrupted, StopCallback
@@ -50,6 +50,30 @@ class MaskJobDataset(Dataset):
         item["target"] = self.targets[j]
         item["class_name"] = self.class_names[j]
         return item
+
+
+class BatchesOfThisRank(Sampler):
+    """The batches of ``batch_size`` consecutive items that one process would form, dealt out
+    whole to the processes of a multi-device run (batch k to rank k mod world size).
+
+    Each image is then optimised beside the same images as in a one-process run, so several
+    processes write the masks of one, bit for bit (Lightning's distributed sampler would interleave
+    the images and change every batch)."""
+
+    def __init__(self, n: int, batch_size: int):
+        self.batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+
+    def _mine(self) -> list[list[int]]:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return self.batches[dist.get_rank() :: dist.get_world_size()]
+        return self.batches
+
+    def __iter__(self):
+        return iter(self._mine())
+
+    def __len__(self) -> int:
+        return len(self._mine())
 
 
 def pending_batches(jobs: Sequence, done: Sequence[bool], batch_size: int) -> list:
@@ -159,8 +183,7 @@ def run_masks(
         )
         loader = DataLoader(
             job,
-            batch_size=int(cfg["batch_size"]),
-            shuffle=False,
+            batch_sampler=BatchesOfThisRank(len(job), int(cfg["batch_size"])),
             num_workers=int(cfg.get("num_workers", 0)),
         )
         trainer = instantiate(
@@ -169,6 +192,7 @@ def run_masks(
             logger=False,
             callbacks=[StopCallback()],
             enable_checkpointing=False,
+            use_distributed_sampler=False,  # BatchesOfThisRank deals the batches out
         )
         module = MaskModule(classifier, mask_cfg, cache)
         device = next(iter(classifier.buffers())).device
