@@ -1,14 +1,23 @@
-"""Benchmark the mask optimiser against bare forward+backward and one-image-at-a-time loops.
+"""Mask optimiser benchmark, side by side in one run on one model and one set of images.
 
-Prints one JSON line: model, device, batch, iters, images_per_s (ours, batched),
-bare_images_per_s (same model, batch and number of forward+backward passes, no mask machinery),
-overhead_ratio (our time / bare time), loop_images_per_s (one image at a time, as the paper's code),
-batched_speedup (ours / loop).
+Rows: ours at the default schedule (conf/masks/default.yaml), ours at the paper's (masks=paper),
+bare forward+backward (the default's network passes with no mask machinery), ours one image at a
+time (as the paper's code runs), and TorchRay's extremal perturbation at its defaults (one image at
+a time; the row is skipped with the reason when torchray is not installed:
+``pip install torchray --no-deps``, a benchmark-only extra). Each row: network passes per image,
+images/s, mean drop (ours: the score drop when the salient set is blurred; extremal perturbation:
+the drop when its selected area is blurred, by the same blur) and mean area.
 
-    python experiments/bench_masks.py [--model resnet_small] [--batch 32] [--iters 450] [--device auto]
-        [--precision 32|bf16] [--channels-last] [--input-size N]
+    python experiments/bench_masks.py [--world synth|cifar|cub|random] [--images 16] [--batch 16]
+        [--model NAME (random world)] [--torchray-images 2] [--rounds 2] [--device auto]
+        [--precision 32|bf16] [--channels-last] [--out FILE.jsonl]
 
-Speed does not depend on the weights: the model is built with random weights (nothing to load).
+``synth``: the default classifier on the synthetic test split; ``cifar``: ResNet-20 on CIFAR-10
+test photos; ``cub``: EfficientNet-Lite0 on CUB test photos; ``random``: a zoo model with random
+weights on random images (speed only; drops are meaningless). Prints one JSON line with
+passes_per_image, images_per_s, paper_images_per_s, torchray_images_per_s, speedup_vs_paper,
+speedup_vs_torchray, overhead_ratio (ours / bare), batched_speedup (ours / one at a time) and the
+rows; with --out, appends it to that file.
 """
 
 from __future__ import annotations
@@ -16,12 +25,23 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import time
+from dataclasses import replace
 
 import torch
-from zoo_model import pick_device, random_zoo_model, run_header
+from jobs import ROOT, machine
+from mask_convergence import default_config, paper_config
+from zoo_model import device_label, load_world, pick_device, random_zoo_model
 
-from vislight.masks.optimize import MaskConfig, StageConfig, network_scores, optimize_masks
+from vislight.masks.optimize import SCORING_PASSES, network_scores, optimize_masks
+from vislight.masks.perturbation import gaussian_blur, perturb, scaled_blur
+
+WORLDS = {
+    "synth": [],
+    "cifar": ["model=cifar_resnet20", "data=cifar10_test"],
+    "cub": ["model=efficientnet_lite0", "data=cub_parts"],
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -29,102 +49,184 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device) -> float:
+def timed(fn, device) -> tuple[float, object]:
     _sync(device)
     t0 = time.perf_counter()
-    fn()
+    out = fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, out
+
+
+def ours(model, x, t, cfg, batch):
+    """Our optimiser over ``x`` in batches; (drop, area, passes) per image."""
+    rs = [
+        optimize_masks(model, x[s : s + batch], t[s : s + batch], cfg)
+        for s in range(0, len(x), batch)
+    ]
+    return (
+        torch.cat([r.drop for r in rs]),
+        torch.cat([r.area for r in rs]),
+        torch.cat([r.iterations for r in rs]).float() + SCORING_PASSES,
+    )
+
+
+def bare(model, x, t, cfg, batch, passes):
+    """The network work alone: ``passes - SCORING_PASSES`` forward+backward passes and the
+    scoring forwards, per batch."""
+    for s in range(0, len(x), batch):
+        xb, tb = x[s : s + batch], t[s : s + batch]
+        for _ in range(passes - SCORING_PASSES):
+            xi = xb.detach().requires_grad_(True)
+            torch.autograd.grad(network_scores(model, xi, tb, cfg).sum(), xi)
+        with torch.no_grad():
+            for _ in range(SCORING_PASSES):
+                network_scores(model, xb, tb, cfg)
+
+
+def torchray_row(model, x, t, cfg, n):
+    """TorchRay's extremal perturbation at its defaults on ``n`` images, one at a time: the drop
+    when its selected area (mask > 0.5) is blurred by our blur, its area, and its passes."""
+    try:
+        from torchray.attribution.extremal_perturbation import extremal_perturbation
+    except ImportError as e:
+        return None, f"torchray is not installed ({e}); pip install torchray --no-deps"
+    drops, areas = [], []
+    k, sigma = scaled_blur(min(x.shape[-2:]), cfg.blur_kernel, cfg.blur_sigma, cfg.reference_size)
+
+    def run():
+        for i in range(n):
+            xi, ti = x[i : i + 1], int(t[i])
+            m, _ = extremal_perturbation(model, xi, ti)  # areas=[0.1], 800 iterations, blur
+            sel = (m > 0.5).float()
+            with torch.no_grad():
+                blurred = gaussian_blur(xi, k, sigma)
+                p_x = network_scores(model, xi, t[i : i + 1], cfg)
+                p_del = network_scores(model, perturb(xi, 1 - sel, blurred), t[i : i + 1], cfg)
+            drops.append(float((p_x - p_del) / p_x.clamp_min(1e-12)))
+            areas.append(float(sel.mean()))
+
+    seconds, _ = timed(run, x.device)
+    return {
+        "passes_per_image": 800 + 1,  # its default max_iter, plus our scoring of the result
+        "images_per_s": round(n / seconds, 4),
+        "images": n,
+        "mean_drop": round(statistics.mean(drops), 4),
+        "mean_area": round(statistics.mean(areas), 4),
+        "seconds": round(seconds, 2),
+    }, None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="mask optimiser benchmark")
-    ap.add_argument("--model", default="resnet_small", help="zoo name (conf/model/*.yaml)")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument(
-        "--iters", type=int, default=450, help="total iterations (2/3 smooth, 1/3 sharp)"
-    )
-    ap.add_argument("--loop-images", type=int, default=4, help="images for the one-at-a-time loop")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--world", default="synth", choices=[*WORLDS, "random"])
+    ap.add_argument("--model", default="resnet_small", help="zoo name, for --world random")
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--loop-images", type=int, default=4, help="images for the one-at-a-time row")
+    ap.add_argument("--torchray-images", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; medians reported")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--early-stopping", action="store_true")
     ap.add_argument("--precision", default="32", choices=["32", "bf16"])
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--input-size", type=int, default=None, help="default: the model's")
-    ap.add_argument(
-        "--rounds", type=int, default=3, help="alternating ours/bare rounds; medians are reported"
-    )
+    ap.add_argument("--out", default=None, help="append the JSON line to this file")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     device = pick_device(args.device)
-    model = random_zoo_model(args.model, device, args.channels_last)
-    s = args.input_size or model.input_size
-    smooth_iters = round(args.iters * 2 / 3)
-    mcfg = MaskConfig(
-        smooth=StageConfig(smooth_iters, 0.1, 0.5, 0.01, 3.0, 0.0),
-        sharp=StageConfig(args.iters - smooth_iters, 0.1, 0.01, 1.0, 3.0, 2.0),
-        early_stopping=args.early_stopping,
-        precision=args.precision,
-        channels_last=args.channels_last,
-    )
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch, 3, s, s, generator=g).to(device)
-    with torch.no_grad():
-        target = model(x).argmax(1)
-
-    def bare(xb, tb, n):
-        """The network work alone: n forward+backward passes plus the 3 forwards that score the
-        original, blurred and masked images at the end."""
-        for _ in range(n):
-            xi = xb.detach().requires_grad_(True)
-            (g_,) = torch.autograd.grad(network_scores(model, xi, tb, mcfg).sum(), xi)
+    if args.world == "random":
+        model = random_zoo_model(args.model, device, args.channels_last)
+        s = model.input_size
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(args.images, 3, s, s, generator=g).to(device)
         with torch.no_grad():
-            for _ in range(3):
-                network_scores(model, xb, tb, mcfg)
-
-    warm = MaskConfig(
-        smooth=StageConfig(3),
-        sharp=StageConfig(2),
-        precision=args.precision,
-        channels_last=args.channels_last,
+            t = model(x).argmax(1)
+        model_name = args.model
+    else:
+        per_class = max(1, -(-args.images // 2))
+        model, x, t = load_world(WORLDS[args.world], per_class)
+        model = model.to(device)
+        x, t = x[: args.images].to(device), t[: args.images].to(device)
+        model_name = type(model).__name__
+    n = len(x)
+    extra = {"precision": args.precision, "channels_last": args.channels_last}
+    new, paper = replace(default_config(), **extra), replace(paper_config(), **extra)
+    warm = replace(
+        new, smooth=replace(new.smooth, iterations=2), sharp=replace(new.sharp, iterations=1)
     )
-    optimize_masks(model, x, target, warm)
-    bare(x, target, 3)
-    # Alternate rounds so that machine noise hits both sides alike; report medians.
-    ours_t, bare_t = [], []
-    for _ in range(args.rounds):
-        ours_t.append(timed(lambda: optimize_masks(model, x, target, mcfg), device))
-        bare_t.append(timed(lambda: bare(x, target, args.iters), device))
-    t_ours, t_bare = statistics.median(ours_t), statistics.median(bare_t)
-    n_loop = min(args.loop_images, args.batch)
-    t_loop = timed(
-        lambda: [
-            optimize_masks(model, x[i : i + 1], target[i : i + 1], mcfg) for i in range(n_loop)
-        ],
-        device,
-    )
-    ours = args.batch / t_ours
-    loop = n_loop / t_loop
-    print(
-        json.dumps(
-            {
-                **run_header(args, device),
-                "input_size": s,
-                "torch": torch.__version__,
-                "images_per_s": round(ours, 3),
-                "images_per_s_at_450": round(ours * args.iters / 450, 4),
-                "bare_images_per_s": round(args.batch / t_bare, 3),
-                "overhead_ratio": round(t_ours / t_bare, 3),
-                "loop_images_per_s": round(loop, 3),
-                "batched_speedup": round(ours / loop, 3),
-                "rounds": args.rounds,
-                "seconds": {
-                    "ours": [round(t, 2) for t in ours_t],
-                    "bare": [round(t, 2) for t in bare_t],
-                    "loop": round(t_loop, 2),
-                },
-            }
+    ours(model, x[:2], t[:2], warm, args.batch)
+    times = {"ours": [], "paper": [], "bare": []}
+    for _ in range(args.rounds):  # alternate so that machine noise hits every row alike
+        sec, (drop, area, passes) = timed(lambda: ours(model, x, t, new, args.batch), device)
+        times["ours"].append(sec)
+        sec, (p_drop, p_area, p_passes) = timed(
+            lambda: ours(model, x, t, paper, args.batch), device
         )
-    )
+        times["paper"].append(sec)
+        n_passes = round(float(passes.mean()))
+        sec, _ = timed(
+            lambda n_passes=n_passes: bare(model, x, t, new, args.batch, n_passes), device
+        )
+        times["bare"].append(sec)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    n_loop = min(args.loop_images, n)
+    t_loop, _ = timed(lambda: ours(model, x[:n_loop], t[:n_loop], new, 1), device)
+    rows = {
+        "ours (default)": {
+            "passes_per_image": round(float(passes.mean()), 1),
+            "images_per_s": round(n / med["ours"], 4),
+            "mean_drop": round(float(drop.mean()), 4),
+            "mean_area": round(float(area.mean()), 4),
+        },
+        "ours (paper schedule)": {
+            "passes_per_image": round(float(p_passes.mean()), 1),
+            "images_per_s": round(n / med["paper"], 4),
+            "mean_drop": round(float(p_drop.mean()), 4),
+            "mean_area": round(float(p_area.mean()), 4),
+        },
+        "bare forward+backward": {
+            "passes_per_image": round(float(passes.mean()), 1),
+            "images_per_s": round(n / med["bare"], 4),
+        },
+        "ours, one image at a time": {
+            "passes_per_image": round(float(passes.mean()), 1),
+            "images_per_s": round(n_loop / t_loop, 4),
+            "images": n_loop,
+        },
+    }
+    tr, reason = torchray_row(model, x, t, new, min(args.torchray_images, n))
+    if tr is not None:
+        rows["torchray extremal perturbation (defaults)"] = tr
+    ours_ips = n / med["ours"]
+    line = {
+        "world": args.world,
+        "model": model_name,
+        "device": device_label(device),
+        "machine": machine(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "images": n,
+        "batch": args.batch,
+        "input_size": list(x.shape[-2:]),
+        **extra,
+        "passes_per_image": rows["ours (default)"]["passes_per_image"],
+        "images_per_s": round(ours_ips, 4),
+        "paper_images_per_s": round(n / med["paper"], 4),
+        "torchray_images_per_s": tr["images_per_s"] if tr else None,
+        "speedup_vs_paper": round(med["paper"] / med["ours"], 3),
+        "speedup_vs_torchray": round(ours_ips / tr["images_per_s"], 2) if tr else None,
+        "overhead_ratio": round(med["ours"] / med["bare"], 3),
+        "batched_speedup": round(ours_ips / (n_loop / t_loop), 3),
+        "rows": rows,
+        "torchray_skipped": reason,
+        "rounds": args.rounds,
+        "seconds": {k: [round(s, 2) for s in v] for k, v in times.items()}
+        | {"loop": round(t_loop, 2)},
+    }
+    text = json.dumps(line)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":

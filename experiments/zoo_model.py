@@ -1,13 +1,18 @@
-"""What the mask benchmarks share: a zoo model with random weights on a device, and device names."""
+"""What the mask benchmarks share: a zoo model with random weights on a device, a trained model
+with its correctly classified images (through the pipeline's own stages), and device names."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from vislight import CONF_DIR
+from vislight.masks.stage import select_images
 from vislight.models import Classifier, build_classifier
+from vislight.pipeline import RunContext, resolve_device, stage_classifier, stage_evaluate
 
 
 def pick_device(name: str) -> torch.device:
@@ -46,3 +51,23 @@ def run_header(args, device: torch.device) -> dict:
         "precision": args.precision,
         "channels_last": args.channels_last,
     }
+
+
+def load_world(overrides: list[str], per_class: int):
+    """(classifier, images (N, 3, H, W), targets (N,)) of up to ``per_class`` correctly classified
+    images per class, through the pipeline's own classifier and evaluate stages."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.trainer.enable_progress_bar = False
+        cfg.paths.output_dir = str(CONF_DIR.parent / "outputs" / "bench")
+    ctx = RunContext(cfg=cfg, output_dir=Path(cfg.paths.output_dir), device=resolve_device("auto"))
+    stage_classifier(ctx)
+    stage_evaluate(ctx)
+    ds = ctx.datamodule.test_set
+    chosen, _ = select_images(ctx.labels, ctx.predictions, ctx.datamodule.classes, None, per_class)
+    idx = [i for ids in chosen.values() for i in ids]
+    x = torch.stack([ds[i]["image"] for i in idx]).to(ctx.device)
+    t = torch.tensor([ctx.predictions[i] for i in idx], device=ctx.device)
+    return ctx.classifier.requires_grad_(False), x, t

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,9 +20,13 @@ from vislight.data.synth import PART_ID
 from vislight.interrupt import RunInterrupted, StopCallback
 from vislight.masks.cache import MaskCache, config_fingerprint, model_fingerprint
 from vislight.masks.module import MaskModule
-from vislight.masks.optimize import MaskConfig
+from vislight.masks.optimize import SCORING_PASSES, MaskConfig
 
 log = logging.getLogger(__name__)
+# BatchesOfThisRank returns every index (it is ours); Lightning cannot know and warns.
+warnings.filterwarnings(
+    "ignore", message="You are using a custom batch sampler `BatchesOfThisRank`"
+)
 
 
 class MaskJobDataset(Dataset):
@@ -261,6 +266,9 @@ def summarize(
         "mean_p_blurred": _mean(rows, "p_blurred"),
         "mean_iterations": _mean(rows, "iterations"),
     }
+    # Every network pass an image cost: its iterations plus the scoring forwards.
+    iters = section["mean_iterations"]
+    section["mean_passes"] = None if iters is None else iters + SCORING_PASSES
     if any("near_part_share" in r for r in rows):
         section["near_part_share"] = _mean(rows, "near_part_share")
     section["per_class"] = {

@@ -1,0 +1,357 @@
+"""Where the paper's mask schedule stops gaining, and a cheaper one checked on unseen images.
+
+Two phases, on different images:
+
+    python experiments/mask_convergence.py choose   # development data: synthetic val split,
+                                                    # CUB albatross *train* photos (Lite0)
+    python experiments/mask_convergence.py verify   # held out: synthetic test split, CUB albatross
+                                                    # + indigo bunting *test* photos, CIFAR-10 test
+    options: --per-class N (images per class), --cub-per-class N, --floor-images N, --out DIR
+
+For each world the paper's schedule (conf/masks/paper.yaml: 300 smooth + 150 sharp iterations at
+lr 0.1) is run once with its trajectory recorded at checkpoints (salient-set IoU with its own final
+mask, drop of the scored mask, area, binarisation), then each candidate schedule is run and compared
+with the paper's final masks (drop, area, binarisation, salient-set IoU, network passes per image).
+The noise floor of that IoU is the paper schedule against itself with its starting disc jittered by
+1e-4 (a change that should not matter). ``choose`` applies RULE to the candidates and prints the
+choice; ``verify`` runs only the shipped default (conf/masks/default.yaml) against the paper's.
+
+Writes mask_convergence_<phase>.{json,md} and mask_convergence_<phase>.png to --out (default
+experiments/results); a "## Notes" section written by hand in the .md survives a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from jobs import ROOT, machine
+from zoo_model import load_world
+
+import vislight.masks.optimize as optimize_module
+from vislight import CONF_DIR
+from vislight.masks.optimize import SCORING_PASSES, MaskConfig, optimize_masks
+
+CHECKPOINTS = {
+    "smooth": [1, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, 250, 300],
+    "sharp": [1, 5, 10, 20, 30, 40, 50, 60, 80, 100, 125, 150],
+}
+# Candidate schedules for `choose`: (smooth iterations, smooth lr, sharp iterations, sharp lr), all
+# at most 87 iterations (+ 3 scoring passes = 90 passes per image). Early stopping alone is not one:
+# on the synthetic world it still costs 198 iterations (results/mask_quality.md before this study).
+CANDIDATES = {
+    "30+57 lr .3/.3": (30, 0.3, 57, 0.3),
+    "40+47 lr .3/.2": (40, 0.3, 47, 0.2),
+    "50+37 lr .3/.2": (50, 0.3, 37, 0.2),
+    "60+27 lr .1/.1": (60, 0.1, 27, 0.1),
+}
+RULE = (
+    "among the candidates of at most 90 network passes per image whose drop is within 0.01 of the paper schedule's and whose area is "
+    "within 15% of it on every development world, the one with the highest mean salient-set IoU "
+    "(averaged over the worlds)"
+)
+
+
+def worlds(phase: str, per_class: int, cub_per_class: int) -> dict[str, dict]:
+    """World name -> vislight overrides and images per class for ``phase``."""
+    if phase == "choose":
+        return {
+            "synth (val split)": {"overrides": ["data.split=val"], "per_class": per_class},
+            "CUB albatross train (Lite0)": {
+                "overrides": [
+                    "model=efficientnet_lite0",
+                    "data=cub_parts",
+                    "data.split=train",
+                    "data.classes=[1,2,3]",
+                ],
+                "per_class": cub_per_class,
+            },
+        }
+    return {
+        "synth (test split)": {"overrides": ["data.split=test"], "per_class": per_class},
+        "CUB albatross + indigo bunting test (Lite0)": {
+            "overrides": ["model=efficientnet_lite0", "data=cub_parts", "data.split=test"],
+            "per_class": cub_per_class,
+        },
+        "CIFAR-10 test (ResNet-20)": {
+            "overrides": ["model=cifar_resnet20", "data=cifar10_test"],
+            "per_class": max(5, per_class // 2),
+        },
+    }
+
+
+def paper_config() -> MaskConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["masks=paper"])
+    return MaskConfig.from_cfg(cfg.masks)
+
+
+def default_config() -> MaskConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config")
+    return MaskConfig.from_cfg(cfg.masks)
+
+
+def salient_iou(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """(N,) IoU of the salient sets (mask < 0.5) of two (N, 1, H, W) masks; 1 when both empty."""
+    sa, sb = (a < 0.5).flatten(1), (b < 0.5).flatten(1)
+    inter, union = (sa & sb).sum(1).float(), (sa | sb).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).cpu().numpy()
+
+
+def run_schedule(model, x, t, cfg: MaskConfig, batch: int, record: bool = False):
+    """Masks of all images in batches; with ``record``, the scored masks at CHECKPOINTS."""
+    results, snaps = [], []
+    for s in range(0, len(x), batch):
+        seen: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def observe(stage, step, mask, score, seen=seen):
+            if step in CHECKPOINTS[stage]:
+                seen[(stage, step)] = (mask.detach().cpu().clone(), score.detach().cpu().clone())
+
+        r = optimize_masks(
+            model, x[s : s + batch], t[s : s + batch], cfg, observe=observe if record else None
+        )
+        results.append(r)
+        snaps.append(seen)
+    cat = {
+        k: torch.cat([getattr(r, k).cpu() for r in results])
+        for k in ("sharp", "drop", "area", "binarization", "p_x", "iterations")
+    }
+    if record:
+        cat["trajectory"] = {
+            k: (torch.cat([s[k][0] for s in snaps]), torch.cat([s[k][1] for s in snaps]))
+            for k in snaps[0]
+        }
+    return cat
+
+
+def row(res: dict, ref: dict | None) -> dict:
+    out = {
+        "passes_per_image": round(float(res["iterations"].float().mean()) + SCORING_PASSES, 1),
+        "drop": round(float(res["drop"].mean()), 4),
+        "area": round(float(res["area"].mean()), 4),
+        "binarization": round(float(res["binarization"].mean()), 4),
+    }
+    if ref is not None:
+        iou = salient_iou(res["sharp"], ref["sharp"])
+        out |= {
+            "iou_with_paper_median": round(float(np.median(iou)), 4),
+            "iou_with_paper_mean": round(float(iou.mean()), 4),
+            "area_vs_paper": round(out["area"] / max(float(ref["area"].mean()), 1e-9) - 1, 4),
+            "drop_vs_paper": round(out["drop"] - float(ref["drop"].mean()), 4),
+        }
+    return out
+
+
+def trajectory(paper: dict) -> list[dict]:
+    final, p_x = paper["sharp"], paper["p_x"]
+    rows = []
+    offset = {"smooth": 0, "sharp": CHECKPOINTS["smooth"][-1]}
+    for (stage, step), (mask, score) in sorted(
+        paper["trajectory"].items(), key=lambda kv: offset[kv[0][0]] + kv[0][1]
+    ):
+        rows.append(
+            {
+                "stage": stage,
+                "iteration": offset[stage] + step,
+                "iou_with_final": round(float(np.mean(salient_iou(mask, final))), 4),
+                "drop": round(float(((p_x - score) / p_x.clamp(min=1e-12)).mean()), 4),
+                "area": round(float((mask < 0.5).flatten(1).float().mean()), 4),
+                "binarization": round(
+                    float(((mask <= 0.1) | (mask >= 0.9)).flatten(1).float().mean()), 4
+                ),
+            }
+        )
+    return rows
+
+
+def jittered_paper(model, x, t, cfg, batch, n):
+    """The paper schedule on the first ``n`` images with the starting disc jittered by 1e-4."""
+    plain = optimize_module.disc_init
+    gen = torch.Generator().manual_seed(0)
+
+    def jitter(b, h, w, device=None):
+        d = plain(b, h, w, device=device)
+        return (d + 1e-4 * torch.randn(d.shape, generator=gen).to(d.device)).clamp(0, 1)
+
+    optimize_module.disc_init = jitter
+    try:
+        return run_schedule(model, x[:n], t[:n], cfg, batch)
+    finally:
+        optimize_module.disc_init = plain
+
+
+def schedule(smooth_iters, smooth_lr, sharp_iters, sharp_lr, base: MaskConfig) -> MaskConfig:
+    return replace(
+        base,
+        smooth=replace(base.smooth, iterations=smooth_iters, lr=smooth_lr),
+        sharp=replace(base.sharp, iterations=sharp_iters, lr=sharp_lr),
+        early_stopping=False,
+    )
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["worlds"])
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for name in names:
+        traj = result["worlds"][name]["paper_trajectory"]
+        its = [r["iteration"] for r in traj]
+        for ax, key in zip(axes, ("iou_with_final", "drop", "area", "binarization")):
+            ax.plot(its, [r[key] for r in traj], marker=".", label=name)
+            ax.set_title(key.replace("_", " "))
+            ax.axvline(CHECKPOINTS["smooth"][-1], color="grey", lw=0.5)
+            ax.set_xlabel("iteration (smooth 1-300, sharp 301-450)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"paper schedule along its iterations ({result['phase']} images)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_md(result: dict, path: Path) -> None:
+    notes = ""
+    if path.is_file() and "## Notes" in path.read_text():
+        notes = path.read_text().split("## Notes", 1)[1]
+    lines = [
+        f"# Mask convergence ({result['phase']})",
+        "",
+        f"`{result['command']}` at {result['commit']} on {result['machine']}, "
+        f"{result['wall_seconds']} s.",
+        "",
+    ]
+    if "rule" in result:
+        lines += [f"Rule: {result['rule']}.", "", f"**Chosen: {result['chosen']}**", ""]
+    for name, w in result["worlds"].items():
+        lines += [
+            f"## {name}: {w['images']} images",
+            "",
+            f"Noise floor (paper vs paper with its start jittered by 1e-4, {w['floor']['images']} "
+            f"images): median salient IoU {w['floor']['iou_median']}, mean {w['floor']['iou_mean']}.",
+            "",
+            "| schedule | passes/image | drop | area | binarisation | IoU with paper (median) | area vs paper | drop vs paper | s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for sname, r in w["schedules"].items():
+            lines.append(
+                f"| {sname} | {r['passes_per_image']} | {r['drop']} | {r['area']} | {r['binarization']} "
+                f"| {r.get('iou_with_paper_median', 1.0)} | {r.get('area_vs_paper', 0.0):+.1%} "
+                f"| {r.get('drop_vs_paper', 0.0):+.4f} | {r['seconds']} |"
+            )
+        lines += [
+            "",
+            "Paper schedule along its iterations:",
+            "",
+            "| iteration | IoU with final | drop | area | binarisation |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['iteration']} ({r['stage']}) | {r['iou_with_final']} | {r['drop']} | {r['area']} | {r['binarization']} |"
+            for r in w["paper_trajectory"]
+        ]
+        lines.append("")
+    lines += ["## Notes" + (notes if notes else "\n")]
+    path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("phase", choices=["choose", "verify"])
+    ap.add_argument("--per-class", type=int, default=8, help="synthetic images per class")
+    ap.add_argument("--cub-per-class", type=int, default=8, help="CUB photos per explained class")
+    ap.add_argument("--floor-images", type=int, default=8, help="images for the noise floor")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    paper = paper_config()
+    if args.phase == "choose":
+        schedules = {name: schedule(*s, paper) for name, s in CANDIDATES.items()}
+    else:
+        schedules = {"default": default_config()}
+    result: dict = {
+        "phase": args.phase,
+        "command": " ".join(["python", "experiments/mask_convergence.py", *sys.argv[1:]]),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": machine(),
+        "paper_schedule": "masks=paper: 300 smooth + 150 sharp iterations, lr 0.1",
+        "worlds": {},
+    }
+    for name, w in worlds(args.phase, args.per_class, args.cub_per_class).items():
+        print(f"== {name}", flush=True)
+        model, x, t = load_world(w["overrides"], w["per_class"])
+        t0 = time.perf_counter()
+        ref = run_schedule(model, x, t, paper, args.batch, record=True)
+        entry = {
+            "images": len(x),
+            "overrides": w["overrides"],
+            "schedules": {
+                "paper": row(ref, None) | {"seconds": round(time.perf_counter() - t0, 1)}
+            },
+        }
+        entry["paper_trajectory"] = trajectory(ref)
+        n = min(args.floor_images, len(x))
+        jit = jittered_paper(model, x, t, paper, args.batch, n)
+        iou = salient_iou(jit["sharp"], ref["sharp"][:n])
+        entry["floor"] = {
+            "images": n,
+            "iou_median": round(float(np.median(iou)), 4),
+            "iou_mean": round(float(iou.mean()), 4),
+        }
+        for sname, cfg in schedules.items():
+            t0 = time.perf_counter()
+            res = run_schedule(model, x, t, cfg, args.batch)
+            entry["schedules"][sname] = row(res, ref) | {
+                "seconds": round(time.perf_counter() - t0, 1)
+            }
+            print(f"  {sname}: {entry['schedules'][sname]}", flush=True)
+        result["worlds"][name] = entry
+    if args.phase == "choose":
+        ok = [
+            s
+            for s in schedules
+            if all(
+                abs(w["schedules"][s]["drop_vs_paper"]) <= 0.01
+                and abs(w["schedules"][s]["area_vs_paper"]) <= 0.15
+                and w["schedules"][s]["passes_per_image"] <= 90
+                for w in result["worlds"].values()
+            )
+        ]
+        result["rule"] = RULE
+        result["admissible"] = ok
+        result["chosen"] = (
+            max(
+                ok,
+                key=lambda s: np.mean(
+                    [w["schedules"][s]["iou_with_paper_mean"] for w in result["worlds"].values()]
+                ),
+            )
+            if ok
+            else None
+        )
+    result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"mask_convergence_{args.phase}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_md(result, stem.with_suffix(".md"))
+    plot(result, stem.with_suffix(".png"))
+    print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
