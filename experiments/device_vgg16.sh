@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks of the paper's path, as one script (run from the project root on a GPU machine):
-# VGG16 mask benchmarks (fp32 and bf16 + channels-last, 450 iterations), a profile, and the
+# VGG16 mask benchmarks (fp32 and bf16 + channels-last; default and paper schedules), a profile, and the
 # vgg16_summaries pipeline (classifier, evaluate, masks) on a fake ImageNet folder on CUDA, with
 # fp32 vs bf16 mask agreement. Results go to ${OUT:-outputs/device}.
 set -uo pipefail
@@ -17,8 +17,8 @@ TIMECMD=""; [ -x /usr/bin/time ] && TIMECMD="/usr/bin/time -v"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 nvidia-smi -L | tee "$OUT/device.txt"
 $PY -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/device.txt"
-[ "$BENCH" = 1 ] && for args in "--batch 32" "--batch 32 --precision bf16 --channels-last" "--batch 64 --precision bf16 --channels-last" "--batch 8"; do
-  $PY experiments/bench_masks.py --model vgg16 --iters 450 --rounds 2 --loop-images 4 $args 2>&1 | grep '^{' | tee -a "$OUT/bench_masks_gpu.jsonl"
+[ "$BENCH" = 1 ] && for args in "--batch 32 --images 32" "--batch 32 --images 32 --precision bf16 --channels-last" "--batch 64 --images 64 --precision bf16 --channels-last" "--batch 8 --images 8"; do
+  $PY experiments/bench_masks.py --world random --model vgg16 --rounds 2 --loop-images 4 --torchray-images 1 $args 2>&1 | grep '^{' | tee -a "$OUT/bench_masks_gpu.jsonl"
 done
 [ "$BENCH" = 1 ] && $PY experiments/profile_masks.py --model vgg16 --batch 32 --iters 12 --top 25 > "$OUT/profile_fp32.txt" 2>&1 && tail -1 "$OUT/profile_fp32.txt"
 [ "$BENCH" = 1 ] && $PY experiments/profile_masks.py --model vgg16 --batch 32 --iters 12 --precision bf16 --channels-last --top 25 > "$OUT/profile_bf16.txt" 2>&1; tail -1 "$OUT/profile_bf16.txt"

@@ -44,19 +44,21 @@ CHECKPOINTS = {
     "smooth": [1, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, 250, 300],
     "sharp": [1, 5, 10, 20, 30, 40, 50, 60, 80, 100, 125, 150],
 }
-# Candidate schedules for `choose`: (smooth iterations, smooth lr, sharp iterations, sharp lr), all
-# at most 87 iterations (+ 3 scoring passes = 90 passes per image). Early stopping alone is not one:
-# on the synthetic world it still costs 198 iterations (results/mask_quality.md before this study).
+# Candidate schedules for `choose`: (smooth iterations, smooth lr, sharp iterations, sharp lr).
+# Larger steps (lr 0.3-0.5) reach the paper's drop and area in 90-120 passes on the synthetic world
+# but land on other masks of CUB photos; the paper's step truncated keeps its trajectory. Early
+# stopping alone is not one: on the synthetic world it still costs 198 iterations.
 CANDIDATES = {
-    "30+57 lr .3/.3": (30, 0.3, 57, 0.3),
     "40+47 lr .3/.2": (40, 0.3, 47, 0.2),
-    "50+37 lr .3/.2": (50, 0.3, 37, 0.2),
-    "60+27 lr .1/.1": (60, 0.1, 27, 0.1),
+    "60+57 lr .5/.2": (60, 0.5, 57, 0.2),
+    "100+50 lr .1/.1": (100, 0.1, 50, 0.1),
+    "120+60 lr .1/.1": (120, 0.1, 60, 0.1),
+    "150+75 lr .1/.1": (150, 0.1, 75, 0.1),
 }
 RULE = (
-    "among the candidates of at most 90 network passes per image whose drop is within 0.01 of the paper schedule's and whose area is "
-    "within 15% of it on every development world, the one with the highest mean salient-set IoU "
-    "(averaged over the worlds)"
+    "the cheapest candidate (fewest network passes per image) whose drop is within 0.01 of the "
+    "paper schedule's, whose area is within 15% of it and whose median salient-set IoU with the "
+    "paper's masks is at least the paper's own noise floor, on every development world"
 )
 
 
@@ -327,17 +329,17 @@ def main() -> None:
             if all(
                 abs(w["schedules"][s]["drop_vs_paper"]) <= 0.01
                 and abs(w["schedules"][s]["area_vs_paper"]) <= 0.15
-                and w["schedules"][s]["passes_per_image"] <= 90
+                and w["schedules"][s]["iou_with_paper_median"] >= w["floor"]["iou_median"]
                 for w in result["worlds"].values()
             )
         ]
         result["rule"] = RULE
         result["admissible"] = ok
         result["chosen"] = (
-            max(
+            min(
                 ok,
-                key=lambda s: np.mean(
-                    [w["schedules"][s]["iou_with_paper_mean"] for w in result["worlds"].values()]
+                key=lambda s: max(
+                    w["schedules"][s]["passes_per_image"] for w in result["worlds"].values()
                 ),
             )
             if ok

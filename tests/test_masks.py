@@ -37,6 +37,7 @@ from vislight.masks.cache import (
 from vislight.masks.energy import mask_energy
 from vislight.masks.module import MaskModule
 from vislight.masks.optimize import (
+    SCORING_PASSES,
     MaskConfig,
     MaskResult,
     StageConfig,
@@ -679,10 +680,15 @@ def test_validate_rejects_bad_mask_settings(override, key):
 def test_validate_accepts_the_default_masks_config():
     validate(compose_config(["logger=none"]))
     cfg = MaskConfig.from_cfg(compose_config(["logger=none"]).masks)
-    assert cfg.smooth == StageConfig(300, 0.1, 0.5, 0.01, 3.0, 0.0)
-    assert cfg.sharp == StageConfig(150, 0.1, 0.01, 1.0, 3.0, 2.0)
+    # the config's schedule is the dataclass's: the Python API and the CLI optimise alike
+    assert cfg.smooth == MaskConfig().smooth and cfg.sharp == MaskConfig().sharp
+    assert cfg.smooth.iterations + cfg.sharp.iterations + SCORING_PASSES <= 90
     assert cfg.blur_kernel == 41 and cfg.blur_sigma == 30.0  # synth_summaries experiment
     assert cfg.early_stopping is False and cfg.patience == 30
+    paper = MaskConfig.from_cfg(compose_config(["logger=none", "masks=paper"]).masks)
+    assert paper.smooth == StageConfig(300, 0.1, 0.5, 0.01, 3.0, 0.0)
+    assert paper.sharp == StageConfig(150, 0.1, 0.01, 1.0, 3.0, 2.0)
+    assert replace(paper, smooth=cfg.smooth, sharp=cfg.sharp) == cfg  # only the schedule differs
 
 
 # --------------------------------------------------------------------------------------------
@@ -794,3 +800,22 @@ def test_a_resumed_run_reruns_its_unfinished_batches_as_first_formed():
     assert pending_batches(jobs, done, 3) == [3, 4, 5, 6]
     assert pending_batches(jobs, [True] * 7, 3) == []
     assert pending_batches(jobs, [False] * 7, 3) == jobs
+
+
+def test_observe_sees_every_iteration_of_both_stages_with_the_scored_masks(images):
+    model = _sharp_resnet()
+    target = model(images).argmax(1)
+    seen = []
+
+    def observe(stage, step, mask, score):
+        seen.append((stage, step, tuple(mask.shape), tuple(score.shape)))
+
+    res = optimize_masks(model, images, target, FAST, observe=observe)
+    b, _, h, w = images.shape
+    assert [s[:2] for s in seen] == [
+        *[("smooth", i) for i in range(1, FAST.smooth.iterations + 1)],
+        *[("sharp", i) for i in range(1, FAST.sharp.iterations + 1)],
+    ]
+    assert {s[2:] for s in seen} == {((b, 1, h, w), (b,))}
+    # without an observer the masks are the same: observing changes nothing
+    torch.testing.assert_close(optimize_masks(model, images, target, FAST).sharp, res.sharp)
