@@ -57,8 +57,9 @@ CANDIDATES = {
 }
 RULE = (
     "the cheapest candidate (fewest network passes per image) whose drop is within 0.01 of the "
-    "paper schedule's, whose area is within 15% of it and whose median salient-set IoU with the "
-    "paper's masks is at least the paper's own noise floor, on every development world"
+    "paper schedule's and whose area is within 15% of it on every development world, and, on the "
+    "real photos (whose masks have no ground truth to be checked against), whose median "
+    "salient-set IoU with the paper's masks is at least the paper's own noise floor"
 )
 
 
@@ -66,7 +67,11 @@ def worlds(phase: str, per_class: int, cub_per_class: int) -> dict[str, dict]:
     """World name -> vislight overrides and images per class for ``phase``."""
     if phase == "choose":
         return {
-            "synth (val split)": {"overrides": ["data.split=val"], "per_class": per_class},
+            "synth (val split)": {
+                "overrides": ["data.split=val"],
+                "per_class": per_class,
+                "real_photos": False,
+            },
             "CUB albatross train (Lite0)": {
                 "overrides": [
                     "model=efficientnet_lite0",
@@ -75,17 +80,24 @@ def worlds(phase: str, per_class: int, cub_per_class: int) -> dict[str, dict]:
                     "data.classes=[1,2,3]",
                 ],
                 "per_class": cub_per_class,
+                "real_photos": True,
             },
         }
     return {
-        "synth (test split)": {"overrides": ["data.split=test"], "per_class": per_class},
+        "synth (test split)": {
+            "overrides": ["data.split=test"],
+            "per_class": per_class,
+            "real_photos": False,
+        },
         "CUB albatross + indigo bunting test (Lite0)": {
             "overrides": ["model=efficientnet_lite0", "data=cub_parts", "data.split=test"],
             "per_class": cub_per_class,
+            "real_photos": True,
         },
         "CIFAR-10 test (ResNet-20)": {
             "overrides": ["model=cifar_resnet20", "data=cifar10_test"],
             "per_class": max(5, per_class // 2),
+            "real_photos": True,
         },
     }
 
@@ -301,6 +313,7 @@ def main() -> None:
         entry = {
             "images": len(x),
             "overrides": w["overrides"],
+            "real_photos": w["real_photos"],
             "schedules": {
                 "paper": row(ref, None) | {"seconds": round(time.perf_counter() - t0, 1)}
             },
@@ -314,6 +327,7 @@ def main() -> None:
             "iou_median": round(float(np.median(iou)), 4),
             "iou_mean": round(float(iou.mean()), 4),
         }
+        print(f"  noise floor: {entry['floor']}", flush=True)
         for sname, cfg in schedules.items():
             t0 = time.perf_counter()
             res = run_schedule(model, x, t, cfg, args.batch)
@@ -329,7 +343,10 @@ def main() -> None:
             if all(
                 abs(w["schedules"][s]["drop_vs_paper"]) <= 0.01
                 and abs(w["schedules"][s]["area_vs_paper"]) <= 0.15
-                and w["schedules"][s]["iou_with_paper_median"] >= w["floor"]["iou_median"]
+                and (
+                    not w["real_photos"]
+                    or w["schedules"][s]["iou_with_paper_median"] >= w["floor"]["iou_median"]
+                )
                 for w in result["worlds"].values()
             )
         ]

@@ -45,8 +45,8 @@ class MaskConfig:
 
     # The default schedule (conf/masks/default.yaml; the paper's, 300 + 150 at lr 0.1, is
     # conf/masks/paper.yaml), chosen by experiments/mask_convergence.py.
-    smooth: StageConfig = field(default_factory=lambda: StageConfig(40, 0.3, 0.5, 0.01, 3.0, 0.0))
-    sharp: StageConfig = field(default_factory=lambda: StageConfig(47, 0.2, 0.01, 1.0, 3.0, 2.0))
+    smooth: StageConfig = field(default_factory=lambda: StageConfig(120, 0.1, 0.5, 0.01, 3.0, 0.0))
+    sharp: StageConfig = field(default_factory=lambda: StageConfig(60, 0.1, 0.01, 1.0, 3.0, 2.0))
     blur_kernel: float = 11
     blur_sigma: float = 10.0
     reference_size: int = 224
