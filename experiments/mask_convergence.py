@@ -188,8 +188,13 @@ def trajectory(paper: dict) -> list[dict]:
     return rows
 
 
+def floor_images(n_images: int, n: int) -> torch.Tensor:
+    """``n`` indices spread evenly over ``n_images`` (every class gets its share)."""
+    return torch.linspace(0, n_images - 1, n).round().long().unique()
+
+
 def jittered_paper(model, x, t, cfg, batch, n):
-    """The paper schedule on the first ``n`` images with the starting disc jittered by 1e-4."""
+    """The paper schedule on ``floor_images`` with the starting disc jittered by 1e-4."""
     plain = optimize_module.disc_init
     gen = torch.Generator().manual_seed(0)
 
@@ -199,7 +204,8 @@ def jittered_paper(model, x, t, cfg, batch, n):
 
     optimize_module.disc_init = jitter
     try:
-        return run_schedule(model, x[:n], t[:n], cfg, batch)
+        idx = floor_images(len(x), n).to(x.device)
+        return run_schedule(model, x[idx], t[idx], cfg, batch)
     finally:
         optimize_module.disc_init = plain
 
@@ -321,7 +327,7 @@ def main() -> None:
         entry["paper_trajectory"] = trajectory(ref)
         n = min(args.floor_images, len(x))
         jit = jittered_paper(model, x, t, paper, args.batch, n)
-        iou = salient_iou(jit["sharp"], ref["sharp"][:n])
+        iou = salient_iou(jit["sharp"], ref["sharp"][floor_images(len(x), n)])
         entry["floor"] = {
             "images": n,
             "iou_median": round(float(np.median(iou)), 4),

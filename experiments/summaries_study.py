@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from jobs import vislight_command
+from jobs import ROOT, machine, vislight_command
+from omegaconf import OmegaConf
 
 
 def run_job(out: Path, overrides: list[str]) -> None:
     subprocess.run(vislight_command(f"paths.output_dir={out}", *overrides), check=True)
+
+
+def schedule_of(run_dir: Path) -> str:
+    """The mask schedule a run used, from its config.yaml."""
+    cfg = OmegaConf.load(run_dir / "config.yaml").masks
+    return (
+        f"{cfg.smooth.iterations} smooth (lr {cfg.smooth.lr}) + "
+        f"{cfg.sharp.iterations} sharp (lr {cfg.sharp.lr}) iterations"
+    )
 
 
 def load(run_dir: Path) -> tuple[dict, dict]:
@@ -81,8 +89,12 @@ def main() -> None:
     }
     result = {
         "command": " ".join(["python", "experiments/summaries_study.py", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": machine(),
         "wall_seconds": round(wall, 1),
+        "mask_schedule": schedule_of(off),
         "shortcut_off": {
             "accuracy": m_off["accuracy"],
             "mean_summaries": m_off["mean_summaries"],
@@ -107,8 +119,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summaries_study.json").write_text(json.dumps(result, indent=2) + "\n")
     o = result["shortcut_off"]
+    md = out / "summaries_study.md"
+    notes = (
+        md.read_text().split("## Notes", 1)[1]
+        if md.is_file() and "## Notes" in md.read_text()
+        else "\n"
+    )
     lines = [
-        f"`{result['command']}` on {result['machine']}",
+        f"`{result['command']}` at {result['commit']} on {result['machine']}, "
+        f"{result['wall_seconds']} s; masks: {result['mask_schedule']}.",
         "",
         f"Shortcut off: accuracy {o['accuracy']:.4f}, {o['mean_summaries']:.2f} summaries per class, mean purity "
         f"{o['mean_purity']:.3f}, background share {o['background_share']:.3f}, part recall {o['part_recall']:.3f}, "
@@ -132,7 +151,8 @@ def main() -> None:
         f"Shortcut on (watermark on half of disc_bar's images): watermark summaries {w['watermark_summaries']}; "
         f"disc_bar deletion drops {w['disc_bar_part_drops']}.",
     ]
-    (out / "summaries_study.md").write_text("\n".join(lines) + "\n")
+    lines += ["", "## Notes" + notes]
+    md.write_text("\n".join(lines).rstrip() + "\n")
     print("\n".join(lines))
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -424,3 +426,69 @@ def test_a_run_stopped_while_training_resumes_to_the_same_weights(tmp_path, sig)
     if sig == signal.SIGKILL:
         summaries = [(tmp_path / n / "summaries.json").read_bytes() for n in ("ref", "run")]
         assert summaries[0] == summaries[1] and json.loads(summaries[0])["classes"]
+
+
+@pytest.mark.slow
+def test_under_slurm_sigusr1_requeues_the_job_and_the_requeued_run_resumes(tmp_path):
+    """SLURM's warning signal (SIGUSR1, `#SBATCH --signal=SIGUSR1@90`) during training: Lightning's
+    SLURMEnvironment(auto_requeue=True) saves its checkpoint and calls `scontrol requeue JOB`
+    (a stand-in on PATH records the call); the SIGTERM SLURM sends next stops the run with 143,
+    and the requeued job (the same command) resumes to the uninterrupted run's weights."""
+    tiny = [
+        o for o in TINY_PIPELINE if not o.startswith(("train.epochs=", "data.train_per_class="))
+    ]
+    args = [*tiny, "data.train_per_class=200", "train.epochs=10", "logger=none"]
+    args.append("stages=[classifier,evaluate]")
+
+    def run_args(name: str) -> list[str]:
+        return [*args, f"paths.output_dir={tmp_path / name}", f"train.cache_dir={tmp_path / name}c"]
+
+    run(compose_job_config(run_args("ref")))
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "vislight-test",
+        "SLURM_NTASKS": "1",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    env = {**SUBPROCESS_ENV, **slurm}
+    cache, log = tmp_path / "runc", tmp_path / "slurm.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vislight", *run_args("run")],
+            cwd=vislight.PROJECT_ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 120
+    while not any(cache.rglob("last.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, log.read_text()[-3000:]  # still training
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while not calls.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls.exists(), log.read_text()[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) in (0, 143), log.read_text()[-3000:]
+    rerun = subprocess.run(
+        [sys.executable, "-m", "vislight", *run_args("run")],
+        cwd=vislight.PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    weights = [(tmp_path / n / "classifier.ckpt").read_bytes() for n in ("ref", "run")]
+    assert weights[0] == weights[1], "the requeued run learned other weights"
