@@ -37,8 +37,8 @@ from zoo_model import device_label, load_world, pick_device, random_zoo_model
 from vislight.masks.optimize import SCORING_PASSES, network_scores, optimize_masks
 from vislight.masks.perturbation import gaussian_blur, perturb, scaled_blur
 
-WORLDS = {
-    "synth": [],
+WORLDS = {  # the explained model and the images of each world (hydra overrides)
+    "synth": ["model=resnet_small"],
     "cifar": ["model=cifar_resnet20", "data=cifar10_test"],
     "cub": ["model=efficientnet_lite0", "data=cub_parts"],
 }
@@ -145,7 +145,7 @@ def main() -> None:
         model, x, t = load_world(WORLDS[args.world], per_class)
         model = model.to(device)
         x, t = x[: args.images].to(device), t[: args.images].to(device)
-        model_name = type(model).__name__
+        model_name = WORLDS[args.world][0].removeprefix("model=")
     n = len(x)
     extra = {"precision": args.precision, "channels_last": args.channels_last}
     new, paper = replace(default_config(), **extra), replace(paper_config(), **extra)
