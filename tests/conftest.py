@@ -201,12 +201,15 @@ def no_partial_files(folder: Path) -> list[Path]:
     return leftovers
 
 
-def run_vislight(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """``python -m vislight ARGS`` from the project root with W&B off; output captured."""
+def run_vislight(
+    *args: str, timeout: float = 180, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m vislight ARGS`` from the project root with W&B off (``env``: more variables);
+    output captured."""
     return subprocess.run(
         [sys.executable, "-m", "vislight", *args],
         cwd=vislight.PROJECT_ROOT,
-        env=SUBPROCESS_ENV,
+        env={**SUBPROCESS_ENV, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -230,13 +233,14 @@ def tiny_multirun(
     return sweep, proc
 
 
-def popen_vislight(args: Sequence[str], log: Path) -> subprocess.Popen:
-    """``python -m vislight ARGS`` started in the background, its output going to ``log``."""
+def popen_vislight(args: Sequence[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """``python -m vislight ARGS`` started in the background (``env``: more variables), its output
+    going to ``log``."""
     with open(log, "w") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "vislight", *args],
             cwd=vislight.PROJECT_ROOT,
-            env=SUBPROCESS_ENV,
+            env={**SUBPROCESS_ENV, **(env or {})},
             stdout=f,
             stderr=subprocess.STDOUT,
         )

@@ -458,16 +458,8 @@ def test_under_slurm_sigusr1_requeues_the_job_and_the_requeued_run_resumes(tmp_p
         "SLURM_NODEID": "0",
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
     }
-    env = {**SUBPROCESS_ENV, **slurm}
     cache, log = tmp_path / "runc", tmp_path / "slurm.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vislight", *run_args("run")],
-            cwd=vislight.PROJECT_ROOT,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
+    proc = popen_vislight(run_args("run"), log, env=slurm)
     deadline = time.monotonic() + 120
     while not any(cache.rglob("last.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -481,14 +473,7 @@ def test_under_slurm_sigusr1_requeues_the_job_and_the_requeued_run_resumes(tmp_p
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) in (0, 143), log.read_text()[-3000:]
-    rerun = subprocess.run(
-        [sys.executable, "-m", "vislight", *run_args("run")],
-        cwd=vislight.PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    rerun = run_vislight(*run_args("run"), timeout=300, env=slurm)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     weights = [(tmp_path / n / "classifier.ckpt").read_bytes() for n in ("ref", "run")]
     assert weights[0] == weights[1], "the requeued run learned other weights"
