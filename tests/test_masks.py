@@ -798,9 +798,9 @@ def test_a_resumed_run_reruns_its_unfinished_batches_as_first_formed():
     amplifies), so a resumed run re-forms the uninterrupted run's batches: whole, never shifted."""
     jobs = list(range(7))
     done = [True, True, True, True, True, False, False]  # killed while writing batch [3, 4, 5]
-    assert pending_batches(jobs, done, 3) == [3, 4, 5, 6]
+    assert pending_batches(jobs, done, 3) == [[3, 4, 5], [6]]
     assert pending_batches(jobs, [True] * 7, 3) == []
-    assert pending_batches(jobs, [False] * 7, 3) == jobs
+    assert pending_batches(jobs, [False] * 7, 3) == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def test_observe_sees_every_iteration_of_both_stages_with_the_scored_masks(images):

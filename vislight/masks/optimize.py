@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -212,7 +213,7 @@ def _run_stage(
     st: StageConfig,
     cfg: MaskConfig,
     on_step: Callable[[], None] | None = None,
-    observe: tuple[str, Observer] | None = None,
+    observe: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Minimise the energy over ``param`` in place; returns iterations used per image (B,).
 
@@ -247,7 +248,7 @@ def _run_stage(
         (grad,) = torch.autograd.grad(score.sum(), mask)
         mask = mask.detach()
         if observe is not None:
-            observe[1](observe[0], step, mask, score.detach())
+            observe(step, mask, score.detach())
         grad += _reg_grad(mask, st)
         if lift is not None:
             grad = lift[0].T @ grad @ lift[1]
@@ -323,15 +324,16 @@ def optimize_masks(
         upsample_blur_matrix(lw, w, up_sigma, x.device).to(x.dtype),
     )
     low = disc_init(b, lh, lw, device=x.device).to(x.dtype)
-    seen = (lambda name: (name, observe)) if observe is not None else (lambda name: None)
     used = _run_stage(
-        model, blurred, diff, target, low, lift, cfg.smooth, cfg, on_step, seen("smooth")
-    )
+        model, blurred, diff, target, low, lift, cfg.smooth, cfg, on_step,
+        partial(observe, "smooth") if observe else None,
+    )  # fmt: skip
     smooth = (lift[0] @ low @ lift[1].T).clamp_(0, 1)
     sharp = smooth.clone()
     used = used + _run_stage(
-        model, blurred, diff, target, sharp, None, cfg.sharp, cfg, on_step, seen("sharp")
-    )
+        model, blurred, diff, target, sharp, None, cfg.sharp, cfg, on_step,
+        partial(observe, "sharp") if observe else None,
+    )  # fmt: skip
     with torch.no_grad():
         p_x = network_scores(model, x, target, cfg)
         p_blurred = network_scores(model, blurred, target, cfg)

@@ -23,10 +23,6 @@ from vislight.masks.module import MaskModule
 from vislight.masks.optimize import SCORING_PASSES, MaskConfig
 
 log = logging.getLogger(__name__)
-# BatchesOfThisRank returns every index (it is ours); Lightning cannot know and warns.
-warnings.filterwarnings(
-    "ignore", message="You are using a custom batch sampler `BatchesOfThisRank`"
-)
 
 
 class MaskJobDataset(Dataset):
@@ -58,15 +54,16 @@ class MaskJobDataset(Dataset):
 
 
 class BatchesOfThisRank(Sampler):
-    """The batches of ``batch_size`` consecutive items that one process would form, dealt out
-    whole to the processes of a multi-device run (batch k to rank k mod world size).
+    """Consecutive batches of the given sizes (those one process forms), dealt out whole to the
+    processes of a multi-device run (batch k to rank k mod world size).
 
     Each image is then optimised beside the same images as in a one-process run, so several
     processes write the masks of one, bit for bit (Lightning's distributed sampler would interleave
     the images and change every batch)."""
 
-    def __init__(self, n: int, batch_size: int):
-        self.batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    def __init__(self, sizes: Sequence[int]):
+        starts = np.cumsum([0, *sizes])
+        self.batches = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
 
     def _mine(self) -> list[list[int]]:
         dist = torch.distributed
@@ -81,19 +78,19 @@ class BatchesOfThisRank(Sampler):
         return len(self._mine())
 
 
-def pending_batches(jobs: Sequence, done: Sequence[bool], batch_size: int) -> list:
-    """The jobs to run: every batch of ``batch_size`` consecutive jobs (the batches an
+def pending_batches(jobs: Sequence, done: Sequence[bool], batch_size: int) -> list[list]:
+    """The batches to run: every batch of ``batch_size`` consecutive jobs (the batches an
     uninterrupted run forms) with at least one mask not done, whole.
 
     A batch's masks depend, in the last float digits, on which images share it (the kernels a
     batch shape selects), and mask optimisation amplifies such digits; re-running the unfinished
     batches exactly as first formed makes a resumed run's masks the uninterrupted run's, bit for
     bit. The masks already on disk in a re-run batch are kept, not rewritten."""
-    out = []
-    for start in range(0, len(jobs), batch_size):
-        if not all(done[start : start + batch_size]):
-            out.extend(jobs[start : start + batch_size])
-    return out
+    return [
+        list(jobs[start : start + batch_size])
+        for start in range(0, len(jobs), batch_size)
+        if not all(done[start : start + batch_size])
+    ]
 
 
 def select_images(
@@ -169,8 +166,10 @@ def run_masks(
             item = dataset[i]
             files[i] = cache.path(name, item["image"], item["key"])
             jobs.append((i, name))
-    reused = sum(files[i].is_file() for i, _ in jobs)
-    pending = pending_batches(jobs, [files[i].is_file() for i, _ in jobs], int(cfg["batch_size"]))
+    done = [files[i].is_file() for i, _ in jobs]
+    reused = sum(done)
+    batches = pending_batches(jobs, done, int(cfg["batch_size"]))
+    pending = [job for batch in batches for job in batch]
     log.info(
         "masks: %d images selected, %d cached, %d to optimise (+%d cached re-run in their batch)",
         len(jobs),
@@ -188,7 +187,7 @@ def run_masks(
         )
         loader = DataLoader(
             job,
-            batch_sampler=BatchesOfThisRank(len(job), int(cfg["batch_size"])),
+            batch_sampler=BatchesOfThisRank([len(batch) for batch in batches]),
             num_workers=int(cfg.get("num_workers", 0)),
         )
         trainer = instantiate(
@@ -203,7 +202,10 @@ def run_masks(
         device = next(iter(classifier.buffers())).device
         t0 = time.perf_counter()
         try:
-            trainer.predict(module, dataloaders=loader, return_predictions=False)
+            with warnings.catch_warnings():
+                # BatchesOfThisRank yields every index (it is ours); Lightning cannot know and warns.
+                warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
+                trainer.predict(module, dataloaders=loader, return_predictions=False)
         except RunInterrupted as stop:
             stop.progress.append(
                 f"{reused + len(module.written)} of {len(jobs)} masks (the rest are computed on rerun)"
