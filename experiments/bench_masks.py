@@ -25,14 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from dataclasses import replace
 
 import torch
-from jobs import ROOT, machine
-from mask_convergence import default_config, paper_config
-from zoo_model import device_label, load_world, pick_device, random_zoo_model
+from jobs import commit, machine
+from zoo_model import device_label, load_world, mask_config, pick_device, random_zoo_model
 
 from vislight.masks.optimize import SCORING_PASSES, network_scores, optimize_masks
 from vislight.masks.perturbation import gaussian_blur, perturb, scaled_blur
@@ -148,7 +146,7 @@ def main() -> None:
         model_name = WORLDS[args.world][0].removeprefix("model=")
     n = len(x)
     extra = {"precision": args.precision, "channels_last": args.channels_last}
-    new, paper = replace(default_config(), **extra), replace(paper_config(), **extra)
+    new, paper = replace(mask_config(), **extra), replace(mask_config("masks=paper"), **extra)
     warm = replace(
         new, smooth=replace(new.smooth, iterations=2), sharp=replace(new.sharp, iterations=1)
     )
@@ -201,9 +199,7 @@ def main() -> None:
         "model": model_name,
         "device": device_label(device),
         "machine": machine(),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit(),
         "images": n,
         "batch": args.batch,
         "input_size": list(x.shape[-2:]),

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs import ROOT, machine, vislight_command
+from jobs import ROOT, commit, machine, vislight_command
 from summaries_study import schedule_of
 
 JOBS = {
@@ -46,9 +46,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    at = commit()
     tmp = Path(tempfile.mkdtemp(prefix="vislight-cub-albatross-"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +60,7 @@ def main() -> None:
         result = {
             "command": " ".join(["python", "experiments/cub_albatross_study.py", *sys.argv[1:]]),
             "job": " ".join(["python -m vislight", *overrides, *args.overrides]),
-            "commit": commit,
+            "commit": at,
             "machine": machine(),
             "wall_seconds": round(wall, 1),
             "mask_schedule": schedule_of(run_dir),

@@ -57,3 +57,19 @@ def run_study(cmd: list[str]) -> tuple[int, dict]:
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def commit() -> str:
+    """The checked-out commit (short hash) a result is computed at."""
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def write_md_keeping_notes(path: Path, lines: Sequence[str]) -> None:
+    """Write ``lines`` to the Markdown result ``path``, then the "## Notes" section written by
+    hand in the previous version of the file (an empty one the first time)."""
+    old = path.read_text() if path.is_file() else ""
+    notes = old.split("## Notes", 1)[1] if "## Notes" in old else "\n"
+    body = "\n".join(lines).rstrip()
+    path.write_text((body + "\n\n## Notes" + notes).rstrip() + "\n")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -32,12 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from jobs import ROOT, machine
-from zoo_model import load_world
+from jobs import ROOT, commit, machine, write_md_keeping_notes
+from zoo_model import load_world, mask_config
 
 import vislight.masks.optimize as optimize_module
-from vislight import CONF_DIR
 from vislight.masks.optimize import SCORING_PASSES, MaskConfig, optimize_masks
 
 CHECKPOINTS = {
@@ -100,18 +97,6 @@ def worlds(phase: str, per_class: int, cub_per_class: int) -> dict[str, dict]:
             "real_photos": True,
         },
     }
-
-
-def paper_config() -> MaskConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["masks=paper"])
-    return MaskConfig.from_cfg(cfg.masks)
-
-
-def default_config() -> MaskConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config")
-    return MaskConfig.from_cfg(cfg.masks)
 
 
 def salient_iou(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -242,9 +227,6 @@ def plot(result: dict, path: Path) -> None:
 
 
 def write_md(result: dict, path: Path) -> None:
-    notes = ""
-    if path.is_file() and "## Notes" in path.read_text():
-        notes = path.read_text().split("## Notes", 1)[1]
     lines = [
         f"# Mask convergence ({result['phase']})",
         "",
@@ -282,8 +264,7 @@ def write_md(result: dict, path: Path) -> None:
             for r in w["paper_trajectory"]
         ]
         lines.append("")
-    lines += ["## Notes" + (notes if notes else "\n")]
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    write_md_keeping_notes(path, lines)
 
 
 def main() -> None:
@@ -296,17 +277,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args()
     t_start = time.perf_counter()
-    paper = paper_config()
+    paper = mask_config("masks=paper")
     if args.phase == "choose":
         schedules = {name: schedule(*s, paper) for name, s in CANDIDATES.items()}
     else:
-        schedules = {"default": default_config()}
+        schedules = {"default": mask_config()}
     result: dict = {
         "phase": args.phase,
         "command": " ".join(["python", "experiments/mask_convergence.py", *sys.argv[1:]]),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit(),
         "machine": machine(),
         "paper_schedule": "masks=paper: 300 smooth + 150 sharp iterations, lr 0.1",
         "worlds": {},

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs import ROOT, machine, vislight_command
+from jobs import ROOT, commit, machine, vislight_command, write_md_keeping_notes
 
 MASK_KEYS = (
     "mean_passes",
@@ -71,9 +71,7 @@ def main() -> None:
     }
     result = {
         "command": " ".join(["python", "experiments/mask_quality.py", *sys.argv[1:]]),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit(),
         "machine": machine(),
         "schedules": {
             "default": "conf/masks/default.yaml",
@@ -88,11 +86,6 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "mask_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     md = out / "mask_quality.md"
-    notes = (
-        md.read_text().split("## Notes", 1)[1]
-        if md.is_file() and "## Notes" in md.read_text()
-        else "\n"
-    )
     lines = [
         "# Mask quality of the default job: default schedule vs the paper's",
         "",
@@ -123,8 +116,7 @@ def main() -> None:
             + " | ".join(f"{delta[s][k]:+.4f}" for s in args.seeds)
             + f" | {spread[k]:.4f} |"
         )
-    lines += ["", "## Notes" + notes]
-    md.write_text("\n".join(lines).rstrip() + "\n")
+    write_md_keeping_notes(md, lines)
     print(md.read_text())
 
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs import ROOT, machine, vislight_command
+from jobs import commit, machine, vislight_command, write_md_keeping_notes
 from omegaconf import OmegaConf
 
 
@@ -89,9 +89,7 @@ def main() -> None:
     }
     result = {
         "command": " ".join(["python", "experiments/summaries_study.py", *sys.argv[1:]]),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit(),
         "machine": machine(),
         "wall_seconds": round(wall, 1),
         "mask_schedule": schedule_of(off),
@@ -120,11 +118,6 @@ def main() -> None:
     (out / "summaries_study.json").write_text(json.dumps(result, indent=2) + "\n")
     o = result["shortcut_off"]
     md = out / "summaries_study.md"
-    notes = (
-        md.read_text().split("## Notes", 1)[1]
-        if md.is_file() and "## Notes" in md.read_text()
-        else "\n"
-    )
     lines = [
         f"`{result['command']}` at {result['commit']} on {result['machine']}, "
         f"{result['wall_seconds']} s; masks: {result['mask_schedule']}.",
@@ -151,8 +144,7 @@ def main() -> None:
         f"Shortcut on (watermark on half of disc_bar's images): watermark summaries {w['watermark_summaries']}; "
         f"disc_bar deletion drops {w['disc_bar_part_drops']}.",
     ]
-    lines += ["", "## Notes" + notes]
-    md.write_text("\n".join(lines).rstrip() + "\n")
+    write_md_keeping_notes(md, lines)
     print("\n".join(lines))
 
 

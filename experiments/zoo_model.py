@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from vislight import CONF_DIR
+from vislight.masks.optimize import MaskConfig
 from vislight.masks.stage import select_images
 from vislight.models import Classifier, build_classifier
 from vislight.pipeline import RunContext, resolve_device, stage_classifier, stage_evaluate
@@ -71,3 +72,10 @@ def load_world(overrides: list[str], per_class: int):
     x = torch.stack([ds[i]["image"] for i in idx]).to(ctx.device)
     t = torch.tensor([ctx.predictions[i] for i in idx], device=ctx.device)
     return ctx.classifier.requires_grad_(False), x, t
+
+
+def mask_config(*overrides: str) -> MaskConfig:
+    """The mask settings the composed config gives (e.g. ``mask_config("masks=paper")``)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return MaskConfig.from_cfg(cfg.masks)
