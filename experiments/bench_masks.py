@@ -9,8 +9,8 @@ images/s, mean drop (ours: the score drop when the salient set is blurred; extre
 the drop when its selected area is blurred, by the same blur) and mean area.
 
     python experiments/bench_masks.py [--world synth|cifar|cub|random] [--images 16] [--batch 16]
-        [--model NAME (random world)] [--torchray-images 2] [--rounds 2] [--device auto]
-        [--precision 32|bf16] [--channels-last] [--out FILE.jsonl]
+        [--model NAME (random world)] [--loop-images 4] [--torchray-images 2] [--rounds 2]
+        [--device auto] [--precision 32|bf16] [--channels-last] [--out FILE.jsonl]
 
 ``synth``: the default classifier on the synthetic test split; ``cifar``: ResNet-20 on CIFAR-10
 test photos; ``cub``: EfficientNet-Lite0 on CUB test photos; ``random``: a zoo model with random
