@@ -13,8 +13,11 @@ lr 0.1) is run once with its trajectory recorded at checkpoints (salient-set IoU
 mask, drop of the scored mask, area, binarisation), then each candidate schedule is run and compared
 with the paper's final masks (drop, area, binarisation, salient-set IoU, network passes per image).
 The noise floor of that IoU is the paper schedule against itself with its starting disc jittered by
-1e-4 (a change that should not matter). ``choose`` applies RULE to the candidates and prints the
-choice; ``verify`` runs only the shipped default (conf/masks/default.yaml) against the paper's.
+1e-4 (a change that should not matter). ``choose`` applies RULE to the CANDIDATES (each a list of
+command-line overrides of the masks config) and prints the choice; ``verify`` runs only the shipped
+default (conf/masks/default.yaml) against the paper's. Each world's masks config is composed with
+the experiment that explains it (the synthetic world's blur is wider than the photos'), exactly as
+``python -m vislight experiment=...`` would run it.
 
 Writes mask_convergence_<phase>.{json,md} and mask_convergence_<phase>.png to --out (default
 experiments/results); a "## Notes" section written by hand in the .md survives a rerun.
@@ -26,7 +29,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +43,28 @@ CHECKPOINTS = {
     "smooth": [1, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, 250, 300],
     "sharp": [1, 5, 10, 20, 30, 40, 50, 60, 80, 100, 125, 150],
 }
-# Candidate schedules for `choose`: (smooth iterations, smooth lr, sharp iterations, sharp lr).
-# Larger steps (lr 0.3-0.5) reach the paper's drop and area in 90-120 passes on the synthetic world
-# but land on other masks of CUB photos; the paper's step truncated keeps its trajectory. Early
-# stopping alone is not one: on the synthetic world it still costs 198 iterations.
+# Candidate schedules for `choose`, as command-line overrides of the shipped masks config.
 CANDIDATES = {
-    "40+47 lr .3/.2": (40, 0.3, 47, 0.2),
-    "60+57 lr .5/.2": (60, 0.5, 57, 0.2),
-    "100+50 lr .1/.1": (100, 0.1, 50, 0.1),
-    "120+60 lr .1/.1": (120, 0.1, 60, 0.1),
-    "150+75 lr .1/.1": (150, 0.1, 75, 0.1),
+    # the previous default: the paper's optimiser cut to 120 + 60 iterations
+    "paper's step, 120+60": [
+        "masks=paper",
+        "masks.smooth.iterations=120",
+        "masks.sharp.iterations=60",
+    ],
+    # larger steps: the paper's drop and area in 120 passes on the synthetic world
+    "paper's Adam, 60+57 lr .5/.2": [
+        "masks=paper",
+        "masks.smooth.iterations=60",
+        "masks.smooth.lr=0.5",
+        "masks.sharp.iterations=57",
+        "masks.sharp.lr=0.2",
+    ],
+    # the shipped default: beta2 0.999 -> 0.9 after 10 smooth iterations, <= 90+30, early stop
+    "default": [],
+    "default without early stopping": ["masks.early_stopping.enabled=false"],
+    "beta2 0.9 from the start": ["masks.smooth.beta2_after=0"],
+    "default at <= 80+40": ["masks.smooth.iterations=80", "masks.sharp.iterations=40"],
+    "default, sharp 27 at lr .2": ["masks.sharp.iterations=27", "masks.sharp.lr=0.2"],
 }
 RULE = (
     "the cheapest candidate (fewest network passes per image) whose drop is within 0.01 of the "
@@ -61,18 +75,19 @@ RULE = (
 
 
 def worlds(phase: str, per_class: int, cub_per_class: int) -> dict[str, dict]:
-    """World name -> vislight overrides and images per class for ``phase``."""
+    """World name -> vislight overrides (the experiment that explains that world, so the masks
+    config is the one its runs use: the blur differs between 64-px and 224-px images) and images
+    per class for ``phase``."""
     if phase == "choose":
         return {
             "synth (val split)": {
-                "overrides": ["data.split=val"],
+                "overrides": ["experiment=synth_summaries", "data.split=val"],
                 "per_class": per_class,
                 "real_photos": False,
             },
             "CUB albatross train (Lite0)": {
                 "overrides": [
-                    "model=efficientnet_lite0",
-                    "data=cub_parts",
+                    "experiment=cub_summaries",
                     "data.split=train",
                     "data.classes=[1,2,3]",
                 ],
@@ -82,17 +97,17 @@ def worlds(phase: str, per_class: int, cub_per_class: int) -> dict[str, dict]:
         }
     return {
         "synth (test split)": {
-            "overrides": ["data.split=test"],
+            "overrides": ["experiment=synth_summaries", "data.split=test"],
             "per_class": per_class,
             "real_photos": False,
         },
         "CUB albatross + indigo bunting test (Lite0)": {
-            "overrides": ["model=efficientnet_lite0", "data=cub_parts", "data.split=test"],
+            "overrides": ["experiment=cub_summaries", "data.split=test"],
             "per_class": cub_per_class,
             "real_photos": True,
         },
         "CIFAR-10 test (ResNet-20)": {
-            "overrides": ["model=cifar_resnet20", "data=cifar10_test"],
+            "overrides": ["experiment=compare_cifar", "model=cifar_resnet20"],
             "per_class": max(5, per_class // 2),
             "real_photos": True,
         },
@@ -195,15 +210,6 @@ def jittered_paper(model, x, t, cfg, batch, n):
         optimize_module.disc_init = plain
 
 
-def schedule(smooth_iters, smooth_lr, sharp_iters, sharp_lr, base: MaskConfig) -> MaskConfig:
-    return replace(
-        base,
-        smooth=replace(base.smooth, iterations=smooth_iters, lr=smooth_lr),
-        sharp=replace(base.sharp, iterations=sharp_iters, lr=sharp_lr),
-        early_stopping=False,
-    )
-
-
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -236,6 +242,12 @@ def write_md(result: dict, path: Path) -> None:
     ]
     if "rule" in result:
         lines += [f"Rule: {result['rule']}.", "", f"**Chosen: {result['chosen']}**", ""]
+    lines += ["Schedules:", ""]
+    lines += [
+        f"- {name}: {s['config']} (`{' '.join(s['overrides']) or 'the shipped default'}`)"
+        for name, s in result["schedules"].items()
+    ]
+    lines.append("")
     for name, w in result["worlds"].items():
         lines += [
             f"## {name}: {w['images']} images",
@@ -277,22 +289,23 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args()
     t_start = time.perf_counter()
-    paper = mask_config("masks=paper")
-    if args.phase == "choose":
-        schedules = {name: schedule(*s, paper) for name, s in CANDIDATES.items()}
-    else:
-        schedules = {"default": mask_config()}
+    schedules = CANDIDATES if args.phase == "choose" else {"default": []}
     result: dict = {
         "phase": args.phase,
         "command": " ".join(["python", "experiments/mask_convergence.py", *sys.argv[1:]]),
         "commit": commit(),
         "machine": machine(),
-        "paper_schedule": "masks=paper: 300 smooth + 150 sharp iterations, lr 0.1",
+        "paper_schedule": "masks=paper: 300 smooth + 150 sharp iterations, lr 0.1, Adam's beta2",
+        "schedules": {
+            name: {"overrides": ov, "config": mask_config(*ov).describe()}
+            for name, ov in schedules.items()
+        },
         "worlds": {},
     }
     for name, w in worlds(args.phase, args.per_class, args.cub_per_class).items():
         print(f"== {name}", flush=True)
         model, x, t = load_world(w["overrides"], w["per_class"])
+        paper = mask_config(*w["overrides"], "masks=paper")
         t0 = time.perf_counter()
         ref = run_schedule(model, x, t, paper, args.batch, record=True)
         entry = {
@@ -313,7 +326,8 @@ def main() -> None:
             "iou_mean": round(float(iou.mean()), 4),
         }
         print(f"  noise floor: {entry['floor']}", flush=True)
-        for sname, cfg in schedules.items():
+        for sname, ov in schedules.items():
+            cfg = mask_config(*w["overrides"], *ov)
             t0 = time.perf_counter()
             res = run_schedule(model, x, t, cfg, args.batch)
             entry["schedules"][sname] = row(res, ref) | {

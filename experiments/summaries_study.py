@@ -24,6 +24,8 @@ from pathlib import Path
 from jobs import commit, machine, vislight_command, write_md_keeping_notes
 from omegaconf import OmegaConf
 
+from vislight.masks.optimize import MaskConfig
+
 
 def run_job(out: Path, overrides: list[str]) -> None:
     subprocess.run(vislight_command(f"paths.output_dir={out}", *overrides), check=True)
@@ -31,11 +33,7 @@ def run_job(out: Path, overrides: list[str]) -> None:
 
 def schedule_of(run_dir: Path) -> str:
     """The mask schedule a run used, from its config.yaml."""
-    cfg = OmegaConf.load(run_dir / "config.yaml").masks
-    return (
-        f"{cfg.smooth.iterations} smooth (lr {cfg.smooth.lr}) + "
-        f"{cfg.sharp.iterations} sharp (lr {cfg.sharp.lr}) iterations"
-    )
+    return MaskConfig.from_cfg(OmegaConf.load(run_dir / "config.yaml").masks).describe()
 
 
 def load(run_dir: Path) -> tuple[dict, dict]:

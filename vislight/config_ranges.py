@@ -156,8 +156,13 @@ RANGES: dict[str, Range] = {
     "masks.sharp.tv": NONNEG,
     "masks.sharp.tv_beta": Range(1),
     "masks.sharp.binarize": NONNEG,
-    "masks.early_stopping.patience": COUNT,
-    "masks.early_stopping.min_delta": NONNEG,
+    "masks.smooth.beta2": Range(0, 1, upper_open=True),  # Adam's second-moment decay
+    "masks.smooth.beta2_after": COUNT0,
+    "masks.sharp.beta2": Range(0, 1, upper_open=True),
+    "masks.sharp.beta2_after": COUNT0,
+    "masks.early_stopping.every": COUNT,
+    "masks.early_stopping.min_iou": Range(0, 1, lower_open=True),
+    "masks.early_stopping.min_iterations": COUNT0,
     # regions: regions of a sharp mask (conf/regions/default.yaml); areas are shares of the image.
     "regions.min_area": Range(0, 1, lower_open=True, upper_open=True),
     "regions.proposal_min_salient": SHARE,

@@ -235,7 +235,10 @@ def run_masks(
         name: [(i, files[i]) for i in indices if files[i].is_file()]
         for name, indices in chosen.items()
     }
-    return summarize(per_class, skipped, len(jobs) - reused, reused, seconds) | {"files": by_class}
+    return summarize(per_class, skipped, len(jobs) - reused, reused, seconds) | {
+        "schedule": mask_cfg.describe(),
+        "files": by_class,
+    }
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
