@@ -35,10 +35,12 @@ from zoo_model import device_label, load_world, mask_config, pick_device, random
 from vislight.masks.optimize import SCORING_PASSES, network_scores, optimize_masks
 from vislight.masks.perturbation import gaussian_blur, perturb, scaled_blur
 
-WORLDS = {  # the explained model and the images of each world (hydra overrides)
-    "synth": ["model=resnet_small"],
-    "cifar": ["model=cifar_resnet20", "data=cifar10_test"],
-    "cub": ["model=efficientnet_lite0", "data=cub_parts"],
+# The explained model and the images of each world, by the experiment that explains it (its masks
+# config, blur included, is the one its runs use).
+WORLDS = {
+    "synth": ["experiment=synth_summaries"],
+    "cifar": ["experiment=compare_cifar", "model=cifar_resnet20"],
+    "cub": ["experiment=cub_summaries"],
 }
 
 
@@ -143,10 +145,12 @@ def main() -> None:
         model, x, t = load_world(WORLDS[args.world], per_class)
         model = model.to(device)
         x, t = x[: args.images].to(device), t[: args.images].to(device)
-        model_name = WORLDS[args.world][0].removeprefix("model=")
+        model_name = model.name
     n = len(x)
     extra = {"precision": args.precision, "channels_last": args.channels_last}
-    new, paper = replace(mask_config(), **extra), replace(mask_config("masks=paper"), **extra)
+    world = WORLDS.get(args.world, [])
+    new = replace(mask_config(*world), **extra)
+    paper = replace(mask_config(*world, "masks=paper"), **extra)
     warm = replace(
         new, smooth=replace(new.smooth, iterations=2), sharp=replace(new.sharp, iterations=1)
     )
@@ -204,6 +208,7 @@ def main() -> None:
         "batch": args.batch,
         "input_size": list(x.shape[-2:]),
         **extra,
+        "schedule": new.describe(),
         "passes_per_image": rows["ours (default)"]["passes_per_image"],
         "images_per_s": round(ours_ips, 4),
         "paper_images_per_s": round(n / med["paper"], 4),

@@ -14,7 +14,8 @@ import json
 import shutil
 import sys
 
-from jobs import ROOT, run_study, study_args, vislight_command
+from jobs import ROOT, commit, run_study, study_args, vislight_command, write_md_keeping_notes
+from summaries_study import schedule_of
 
 STUDIES = ("synth", "cifar", "cub_effnet")
 
@@ -39,13 +40,14 @@ def main() -> int:
     for name in ("comparison.json", "comparison.png"):
         shutil.copy(sweep / name, out / name)
     (out / "study.json").write_text(json.dumps(facts, indent=2) + "\n")
-    md = (sweep / "comparison.md").read_text()
+    md = (sweep / "comparison.md").read_text().rstrip()
     md += (
-        f"\nCommand: `{facts['command']}`  \nMachine: {facts['machine']}  \n"
-        f"Wall time: {facts['wall_seconds']:.0f} s ({facts['date']})\n"
+        f"\n\nCommand: `{facts['command']}`  \nCommit: {commit()}  \nMachine: {facts['machine']}  \n"
+        f"Wall time: {facts['wall_seconds']:.0f} s ({facts['date']})  \n"
+        f"Mask schedule: {schedule_of(next(sweep.glob('*/config.yaml')).parent)}\n"
     )
-    (out / "comparison.md").write_text(md)
-    print(md)
+    write_md_keeping_notes(out / "comparison.md", md.splitlines())
+    print((out / "comparison.md").read_text())
     return 0
 
 

@@ -41,7 +41,9 @@ def machine() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    used = "" if threads == os.cpu_count() else f" ({threads} torch thread{'s' * (threads > 1)})"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores{used}, torch {torch.__version__}"
 
 
 def run_study(cmd: list[str]) -> tuple[int, dict]:

@@ -43,7 +43,10 @@ CHECKPOINTS = {
     "smooth": [1, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, 250, 300],
     "sharp": [1, 5, 10, 20, 30, 40, 50, 60, 80, 100, 125, 150],
 }
-# Candidate schedules for `choose`, as command-line overrides of the shipped masks config.
+# Candidate schedules for `choose`, as command-line overrides of the shipped masks config. Each
+# spells out the values it is about, so a rerun after the default changes studies the same schedules.
+BETA2_SWITCH = ["masks.smooth.beta2=0.9", "masks.smooth.beta2_after=10"]
+NEW_SCHEDULE = [*BETA2_SWITCH, "masks.smooth.iterations=90", "masks.sharp.iterations=30"]
 CANDIDATES = {
     # the previous default: the paper's optimiser cut to 120 + 60 iterations
     "paper's step, 120+60": [
@@ -59,12 +62,31 @@ CANDIDATES = {
         "masks.sharp.iterations=57",
         "masks.sharp.lr=0.2",
     ],
-    # the shipped default: beta2 0.999 -> 0.9 after 10 smooth iterations, <= 90+30, early stop
-    "default": [],
-    "default without early stopping": ["masks.early_stopping.enabled=false"],
-    "beta2 0.9 from the start": ["masks.smooth.beta2_after=0"],
-    "default at <= 80+40": ["masks.smooth.iterations=80", "masks.sharp.iterations=40"],
-    "default, sharp 27 at lr .2": ["masks.sharp.iterations=27", "masks.sharp.lr=0.2"],
+    # Adam's beta2 0.999 -> 0.9 after 10 smooth iterations, <= 90+30, without and with early stops
+    "beta2 switch, 90+30": [*NEW_SCHEDULE, "masks.early_stopping.enabled=false"],
+    "beta2 switch, <= 90+30, stop at IoU .95": [
+        *NEW_SCHEDULE,
+        "masks.early_stopping.enabled=true",
+        "masks.early_stopping.min_iou=0.95",
+    ],
+    "beta2 switch, <= 90+30, stop at IoU .98": [
+        *NEW_SCHEDULE,
+        "masks.early_stopping.enabled=true",
+        "masks.early_stopping.min_iou=0.98",
+    ],
+    "beta2 0.9 from the start, <= 90+30, stop at IoU .95": [
+        *NEW_SCHEDULE,
+        "masks.smooth.beta2_after=0",
+        "masks.early_stopping.enabled=true",
+        "masks.early_stopping.min_iou=0.95",
+    ],
+    "beta2 switch, <= 80+40, stop at IoU .95": [
+        *BETA2_SWITCH,
+        "masks.smooth.iterations=80",
+        "masks.sharp.iterations=40",
+        "masks.early_stopping.enabled=true",
+        "masks.early_stopping.min_iou=0.95",
+    ],
 }
 RULE = (
     "the cheapest candidate (fewest network passes per image) whose drop is within 0.01 of the "
@@ -284,7 +306,12 @@ def main() -> None:
     ap.add_argument("phase", choices=["choose", "verify"])
     ap.add_argument("--per-class", type=int, default=8, help="synthetic images per class")
     ap.add_argument("--cub-per-class", type=int, default=8, help="CUB photos per explained class")
-    ap.add_argument("--floor-images", type=int, default=8, help="images for the noise floor")
+    ap.add_argument(
+        "--floor-images",
+        type=int,
+        default=0,
+        help="images for the noise floor (0: every image, so the floor is paired with the IoUs)",
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args()
@@ -317,7 +344,7 @@ def main() -> None:
             },
         }
         entry["paper_trajectory"] = trajectory(ref)
-        n = min(args.floor_images, len(x))
+        n = min(args.floor_images or len(x), len(x))
         jit = jittered_paper(model, x, t, paper, args.batch, n)
         iou = salient_iou(jit["sharp"], ref["sharp"][floor_images(len(x), n)])
         entry["floor"] = {

@@ -31,8 +31,10 @@ def test_tiny_run_writes_the_run_folder(tiny_cli_runs):
     assert set(metrics["timings"]) == {"classifier", "evaluate", "masks", "summaries", "report"}
     assert all(t >= 0 for t in metrics["timings"].values())
     assert metrics["test_images"] == 30
-    # every network pass an image costs: TINY_PIPELINE's 60 + 30 iterations and 3 scoring passes
-    assert metrics["mask"]["mean_iterations"] == 90 and metrics["mask"]["mean_passes"] == 93
+    # every network pass an image costs: its iterations (at most TINY_PIPELINE's 60 + 30; early
+    # stopping, on by default, ends most images sooner) and 3 scoring passes
+    mask = metrics["mask"]
+    assert 20 < mask["mean_iterations"] < 90 and mask["mean_passes"] == mask["mean_iterations"] + 3
     assert metrics["classifier"]["trained"] is True and metrics["classifier"]["reused"] is False
     assert len(metrics["classes"]) == 3 and all(
         "accuracy" in c for c in metrics["classes"].values()

@@ -20,6 +20,7 @@ from scipy import ndimage
 from vislight.io import atomic_write, write_text
 from vislight.masks.cache import MaskCache, safe_name
 from vislight.summaries.rle import rle_decode
+from vislight.summaries.stage import HEADLINE_MEASURES
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -169,14 +170,7 @@ def write_report(
     ]
     baselines = metrics.get("baselines") or {}
     if baselines:
-        keys = (
-            "mean_summaries",
-            "mean_purity",
-            "background_share",
-            "on_object_share",
-            "faithful_fraction",
-            "median_faithfulness_ratio",
-        )
+        keys = HEADLINE_MEASURES
         rows = [("vislight", metrics)] + list(baselines.items())
         parts.append(
             "<h2>Against baselines</h2><table><tr><th>method</th>"

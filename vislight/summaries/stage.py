@@ -32,6 +32,17 @@ from vislight.summaries.rle import rle_encode
 
 log = logging.getLogger(__name__)
 
+# The headline measures of a set of summaries, ours and each baseline's alike (metrics.json, the
+# report's baselines table, the CUB studies).
+HEADLINE_MEASURES = (
+    "mean_summaries",
+    "mean_purity",
+    "background_share",
+    "on_object_share",
+    "faithful_fraction",
+    "median_faithfulness_ratio",
+)
+
 
 def _cluster(graph, median_similarity: float, cluster_cfg: Mapping):
     shifted = shifted_similarities(graph)
