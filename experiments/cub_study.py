@@ -10,7 +10,7 @@
     (data=cub_parts data.classes=[1,2,3]), with the summaries tagged by part keypoints.
 ``summaries`` runs experiment=cub_summaries (albatross + indigo bunting test photos, with the
 Grad-CAM / random / k-means baselines), then the same on albatross alone (its masks reused from the
-first job's cache), and writes cub_summaries.{json,md}: ours against each baseline on both.
+first job's), and writes cub_summaries.{json,md}: ours against each baseline on both.
 
 Every result records its command, commit, machine, wall time and mask schedule; the .md keeps a
 "## Notes" section written by hand. Extra overrides go to every job (e.g. masks=paper).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,7 +117,8 @@ def main() -> None:
         "commit": commit(),
         "machine": machine(),
     }
-    shared_cache = [f"masks.cache_dir={tmp / 'masks'}"] if args.study == "summaries" else []
+    # one mask cache per study, new and thrown away: no mask of an earlier run or schedule is reused
+    shared_cache = [f"masks.cache_dir={tmp / 'masks'}"]
     results = {}
     for name, overrides in STUDIES[args.study].items():
         run_dir = tmp / name
@@ -137,6 +139,7 @@ def main() -> None:
             "summaries": summary_rows(summaries) if summaries else None,
         }
         print(json.dumps({k: results[name][k] for k in ("job", "wall_seconds", "mask_schedule")}))
+    shutil.rmtree(tmp, ignore_errors=True)
     if args.study == "albatross":
         for name, result in results.items():
             (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -67,7 +67,7 @@ class MaskConfig:
     # `stop_every` iterations from iteration `stop_min_iterations` on.
     early_stopping: bool = True
     stop_every: int = 10
-    stop_min_iou: float = 0.95
+    stop_min_iou: float = 0.98
     stop_min_iterations: int = 20
     # Network forward/backward in this precision ("32" or "bf16" autocast); masks, Adam state and
     # energies stay float32.
