@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 (ImageNet weights) on CUB birds: masks and summaries, written by a script.
 
-    python experiments/cub_study.py albatross [--out DIR] [overrides]   # ~10 min on 2 CPU cores
-    python experiments/cub_study.py summaries [--out DIR] [overrides]   # ~25 min on 2 CPU cores
+    python experiments/cub_study.py albatross [--out DIR] [overrides]   # ~4 min on 2 CPU cores
+    python experiments/cub_study.py summaries [--out DIR] [overrides]   # ~12 min on 2 CPU cores
 
 ``albatross`` writes one result per job:
   * cub_albatross_masks.json: experiment=cub_albatross_masks (16 of the CUB folder's albatross
@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from jobs import ROOT, commit, machine, vislight_command, write_md_keeping_notes
+from jobs import ROOT, commit, machine, run_job, write_md_keeping_notes
 from summaries_study import schedule_of
 
 from vislight.summaries.stage import HEADLINE_MEASURES
@@ -46,18 +44,6 @@ STUDIES = {
         "albatross": ["experiment=cub_summaries", "data.classes=[1,2,3]"],
     },
 }
-
-
-def run_job(run_dir: Path, overrides: list[str]) -> tuple[dict, dict | None, float]:
-    """(metrics, summaries or None, wall seconds) of one ``python -m vislight`` job."""
-    t0 = time.perf_counter()
-    subprocess.run(
-        vislight_command(f"paths.output_dir={run_dir}", *overrides), check=True, cwd=ROOT
-    )
-    wall = time.perf_counter() - t0
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    summaries = run_dir / "summaries.json"
-    return metrics, json.loads(summaries.read_text()) if summaries.is_file() else None, wall
 
 
 def mask_section(metrics: dict) -> dict:
@@ -122,7 +108,9 @@ def main() -> None:
     results = {}
     for name, overrides in STUDIES[args.study].items():
         run_dir = tmp / name
-        metrics, summaries, wall = run_job(run_dir, [*overrides, *shared_cache, *args.overrides])
+        metrics, wall = run_job(run_dir, [*overrides, *shared_cache, *args.overrides])
+        path = run_dir / "summaries.json"
+        summaries = json.loads(path.read_text()) if path.is_file() else None
         results[name] = facts | {
             "job": " ".join(["python -m vislight", *overrides, *args.overrides]),
             "wall_seconds": round(wall, 1),

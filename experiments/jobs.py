@@ -3,6 +3,7 @@ command-line arguments, and running one study with its command, machine and wall
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -44,6 +45,17 @@ def machine() -> str:
     threads = torch.get_num_threads()
     used = "" if threads == os.cpu_count() else f" ({threads} torch thread{'s' * (threads > 1)})"
     return f"{platform.machine()} CPU, {os.cpu_count()} cores{used}, torch {torch.__version__}"
+
+
+def run_job(run_dir: Path, overrides: Sequence[str]) -> tuple[dict, float]:
+    """Run one ``python -m vislight`` job into ``run_dir``; returns its metrics.json and wall
+    seconds."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        vislight_command(f"paths.output_dir={run_dir}", *overrides), check=True, cwd=ROOT
+    )
+    wall = time.perf_counter() - t0
+    return json.loads((run_dir / "metrics.json").read_text()), wall
 
 
 def run_study(cmd: list[str]) -> tuple[int, dict]:

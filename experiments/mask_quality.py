@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from jobs import ROOT, commit, machine, vislight_command, write_md_keeping_notes
+from jobs import ROOT, commit, machine, run_job, write_md_keeping_notes
 
 MASK_KEYS = (
     "mean_passes",
@@ -34,12 +33,6 @@ MASK_KEYS = (
 )
 SUMMARY_KEYS = ("mean_summaries", "mean_purity", "part_recall")
 SCHEDULES = {"default": [], "paper": ["masks=paper"]}
-
-
-def run(out: Path, overrides: list[str]) -> tuple[dict, float]:
-    t0 = time.perf_counter()
-    subprocess.run(vislight_command(f"paths.output_dir={out}", *overrides), check=True, cwd=ROOT)
-    return json.loads((out / "metrics.json").read_text()), time.perf_counter() - t0
 
 
 def main() -> None:
@@ -55,7 +48,7 @@ def main() -> None:
         for name, extra in SCHEDULES.items():
             label = f"{name}, seed {seed}"
             print(f"== {label}", flush=True)
-            m, wall = run(tmp / f"{name}-{seed}", [f"seed={seed}", *extra, *args.overrides])
+            m, wall = run_job(tmp / f"{name}-{seed}", [f"seed={seed}", *extra, *args.overrides])
             rows[label] = (
                 {"accuracy": m["accuracy"]}
                 | {k: m["mask"].get(k) for k in MASK_KEYS}
