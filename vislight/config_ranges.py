@@ -184,9 +184,13 @@ RANGES: dict[str, Range] = {
     "cluster.min_support_fraction": SHARE,
     "cluster.coherence_ratio": NONNEG,
     "cluster.outlier_ratio": SHARE,
+    "cluster.merge_ratio": POSITIVE,  # > 1: never merge
+    "cluster.merge_max_side_by_side": Range(0, None, integer=True, nullable=True),
     "cluster.tag_min_share": SHARE,
     "cluster.keypoint_margin": SHARE,  # image sides
     "cluster.needed_drop": SHARE,  # a drop of class probability
+    "cluster.stability_resamples": COUNT0,  # 0 = off
+    "cluster.stability_fraction": Range(0, 1, lower_open=True),
     # report: the static HTML report (conf/report/default.yaml).
     "report.max_members": COUNT,
     "report.max_masks": COUNT0,

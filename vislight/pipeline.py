@@ -2,7 +2,8 @@
 
 Run folder (``paths.output_dir``): ``config.yaml`` (the composed config), ``classifier.ckpt`` (the
 explained weights, when trained), ``metrics.json`` (rewritten atomically after every stage, so an
-interrupted run keeps what it finished), ``wandb/`` (offline W&B run).
+interrupted run keeps what it finished), ``summaries/regions/<source>/<class>.npz`` (each class's
+measured regions, re-used when only clustering settings change), ``wandb/`` (offline W&B run).
 
 ``metrics.json`` contract: ``accuracy`` (test accuracy of the explained classifier on the evaluated
 split), ``model``, ``dataset``, ``timings`` (seconds per stage), plus ``classes`` (per-class
@@ -326,7 +327,13 @@ def stage_summaries(ctx: RunContext) -> None:
     files = {name: items for name, items in ctx.mask_files.items() if items}
     targets = {name: int(ctx.labels[items[0][0]]) for name, items in files.items()}
     summaries, metrics = run_summaries(
-        ctx.classifier, dm.test_set, files, targets, ctx.cfg, ctx.device
+        ctx.classifier,
+        dm.test_set,
+        files,
+        targets,
+        ctx.cfg,
+        ctx.device,
+        cache_dir=ctx.output_dir / "summaries" / "regions",
     )
     write_json(ctx.output_dir / "summaries.json", summaries)
     for name, values in metrics.pop("classes").items():

@@ -141,18 +141,23 @@ class CubPartsDataset(Dataset):
             "key": content_key(path),
         }
 
-    def keypoints(self, index: int) -> list[tuple[str, float, float]]:
-        """Visible part locations ``(group, x, y)`` in preprocessed pixel coordinates (inside the crop)."""
+    def part_locations(self, index: int) -> list[tuple[str, float, float]]:
+        """Visible part locations ``(part, x, y)`` (CUB's 15 part names) in preprocessed pixel
+        coordinates, those inside the crop only."""
         scale, left, top = self._transform(index)
-        group_of = {p: g for g, parts in PART_GROUPS.items() for p in parts}
         out = []
         for part_id, x, y, visible in self._locs[index]:
             if not visible:
                 continue
             px, py = x * scale - left, y * scale - top
             if 0 <= px < self.input_size and 0 <= py < self.input_size:
-                out.append((group_of[self.part_names[part_id]], px, py))
+                out.append((self.part_names[part_id], px, py))
         return out
+
+    def keypoints(self, index: int) -> list[tuple[str, float, float]]:
+        """Visible part locations ``(group, x, y)`` in preprocessed pixel coordinates (inside the crop)."""
+        group_of = {p: g for g, parts in PART_GROUPS.items() for p in parts}
+        return [(group_of[p], x, y) for p, x, y in self.part_locations(index)]
 
     def bbox(self, index: int) -> tuple[float, float, float, float]:
         """The bird's box ``(x0, y0, x1, y1)`` in preprocessed pixel coordinates."""

@@ -1,8 +1,17 @@
 """Static HTML report of a run: ``report/index.html`` (summaries) and ``report/masks.html`` (masks).
 
+Each summary member is shown as the part it stands for: a square crop around its region (the
+member's box plus a margin, the context dimmed, the region outlined in yellow, ``region_crop``).
+Hovering a crop shows the whole image with the region outlined (``region_tile``), and clicking
+it opens that image. Members are listed most typical first (by similarity to the exemplar, the
+exemplar first). Per class, the summaries the model relies on come first; those whose deletion
+hurts the class no more than random regions of the same shape (``faithfulness.faithful`` false)
+are listed apart, in a collapsed "Not relied on" section.
+
 Viewable from disk with no server: images are PNG files under ``report/tiles/`` and
-``report/masks/``, referenced by relative paths. Every user-provided string (class names, image
-keys, file names, config values) is HTML-escaped.
+``report/masks/``, referenced by relative paths; the only script is a few lines that count the
+tiles that rendered. Every user-provided string (class names, image keys, file names, config
+values) is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -27,10 +36,19 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 h1{margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ccc}
 .meta{color:#555} .summary{border:1px solid #ddd;border-radius:6px;padding:.6em;margin:.8em 0}
 .summary h3{margin:.1em 0 .4em 0;font-size:1em} .tiles{display:flex;flex-wrap:wrap;gap:4px}
-img.tile{width:112px;height:112px;image-rendering:pixelated;border:1px solid #999}
+img.tile,img.whole{width:112px;height:112px;image-rendering:pixelated;border:1px solid #999}
+a.member img.whole,a.member:hover img.tile,a.member:focus img.tile{display:none}
+a.member:hover img.whole,a.member:focus img.whole{display:inline}
+details.unfaithful{margin:.8em 0} details.unfaithful>summary{cursor:pointer;color:#555}
 table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
 pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:30em}
 """
+
+TILE_PX = 224  # side of a member crop's PNG (twice its 112-px display size)
+MIN_MARGIN = 16 / 224  # least margin around a member's box, as a fraction of the image side
+NOT_RELIED_ON = (
+    "Not relied on (deleting them hurts the class no more than random regions of the same shape)"
+)
 
 
 def _e(value) -> str:
@@ -58,6 +76,59 @@ def region_tile(image: np.ndarray, region: np.ndarray, dim: float = 0.35) -> np.
     edge = region & ~ndimage.binary_erosion(region, iterations=1)
     out[edge] = (255, 230, 0)
     return out.round().astype(np.uint8)
+
+
+def _span(lo: int, hi: int, side: int, size: int) -> tuple[int, int]:
+    """``[start, end)`` of length ``side`` centred on ``[lo, hi)``, moved inside ``[0, size)``
+    (and cut to ``size`` where ``side`` is longer)."""
+    side = min(side, size)
+    start = min(max((lo + hi - side) // 2, 0), size - side)
+    return start, start + side
+
+
+def region_crop(image: np.ndarray, region: np.ndarray, box, margin: float = 0.25) -> np.ndarray:
+    """The part of the image around ``region``, drawn as ``region_tile`` draws the whole image.
+
+    Args:
+        image: (H, W, 3) uint8.
+        region: (H, W) bool.
+        box: ``(x0, y0, x1, y1)``, exclusive, the region's bounding box in pixels.
+        margin: context on each side, as a fraction of the box's longer side; at least
+            ``MIN_MARGIN`` of the image's longer side (16 px at 224 px).
+
+    Returns:
+        (h, w, 3) uint8: a square centred on the box, its side the box's longer side plus the
+        margins. Where it would cross the image edge it is moved inside the image (so the part is
+        not stretched when resized), and cut only where it is larger than the image.
+    """
+    height, width = region.shape
+    x0, y0, x1, y1 = (int(v) for v in box)
+    longest = max(x1 - x0, y1 - y0)
+    pad = max(margin * longest, MIN_MARGIN * max(height, width))
+    side = int(np.ceil(longest + 2 * pad))
+    top, bottom = _span(y0, y1, side, height)
+    left, right = _span(x0, x1, side, width)
+    return region_tile(image[top:bottom, left:right], region[top:bottom, left:right])
+
+
+def _resize(arr: np.ndarray, size: int) -> np.ndarray:
+    """(h, w, 3) uint8 -> (size, size, 3) uint8; enlarged pixels stay sharp, like the outline."""
+    smaller = max(arr.shape[:2]) <= size
+    resample = Image.Resampling.NEAREST if smaller else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(arr).resize((size, size), resample))
+
+
+def typical_first(summary: Mapping) -> list[dict]:
+    """A summary's members by similarity to its exemplar, descending, the exemplar first."""
+    return sorted(
+        summary["members"],
+        key=lambda m: (m["key"] != summary.get("exemplar"), -float(m["similarity"])),
+    )
+
+
+def is_relied_on(summary: Mapping) -> bool:
+    """False where deleting the summary's regions hurts the class no more than random regions."""
+    return (summary.get("faithfulness") or {}).get("faithful") is not False
 
 
 def mask_tile(image: np.ndarray, sharp: np.ndarray) -> np.ndarray:
@@ -133,6 +204,43 @@ def _save(path: Path, arr: np.ndarray) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def _summary_block(
+    report: Path, stem: str, number: int, summary: Mapping, image_of, max_members: int
+) -> tuple[str, list[np.ndarray]]:
+    """The HTML of one summary and its member crops, (TILE_PX, TILE_PX, 3) uint8 each.
+
+    Writes, per shown member ``j``, ``{stem}_m{j}.png`` (the crop) and ``{stem}_m{j}_full.png``
+    (the whole image), ``stem`` relative to ``report``.
+    """
+    faith = summary.get("faithfulness") or {}
+    head = [f"summary {number}"]
+    if "tag" in summary:
+        head.append(f"tag <b>{_e(summary['tag'])}</b> (purity {_fmt(summary.get('purity'), 2)})")
+    head += [
+        f"support {_e(summary['support'])}",
+        f"coherence {_fmt(summary['coherence'])}",
+        f"faithfulness {_fmt(faith.get('ratio'), 2)} (drop {_fmt(faith.get('drop'), 2)} vs random {_fmt(faith.get('random_drop'), 2)})",
+    ]
+    tiles = []
+    crops = []
+    for j, m in enumerate(typical_first(summary)[:max_members]):
+        image, region = image_of(int(m["index"])), rle_decode(m["mask_rle"])
+        crop_rel, full_rel = f"{stem}_m{j:03d}.png", f"{stem}_m{j:03d}_full.png"
+        crops.append(_resize(region_crop(image, region, m["bbox"]), TILE_PX))
+        _save(report / crop_rel, crops[-1])
+        _save(report / full_rel, region_tile(image, region))
+        caption = f"{m['key']} · sim {m['similarity']:.2f} · drop {m['drop']:.2f}" + (
+            f" · {m['tag']}" if "tag" in m else ""
+        )
+        tiles.append(
+            f"<a class='member' href='{_e(full_rel)}' title='{_e(caption + ' (hover or click: whole image)')}'>"
+            f"<img class='tile' src='{_e(crop_rel)}' alt='{_e(caption)}'>"
+            f"<img class='whole' src='{_e(full_rel)}' alt='{_e(caption + ' (whole image)')}'></a>"
+        )
+    block = f"<div class='summary'><h3>{' · '.join(head)}</h3><div class='tiles'>{''.join(tiles)}</div></div>"
+    return block, crops
+
+
 def write_report(
     output_dir: Path,
     dataset,
@@ -146,7 +254,7 @@ def write_report(
     """Write ``report/index.html`` and ``report/masks.html``.
 
     Returns ``{"index": path, "mosaics": [(class, summary number, png path)], "masks": [png paths]}``
-    (the mosaic of a summary is its member tiles side by side, for W&B).
+    (the mosaic of a summary is its member crops side by side, for W&B).
 
     Args:
         dataset: the evaluated dataset (``dataset[index]["image"]``) to draw members from.
@@ -206,35 +314,28 @@ def write_report(
             facts.append("needed parts: " + (_e(", ".join(cm["needed_parts"])) or "none"))
         if cm.get("found_parts") is not None:
             facts.append("parts found: " + (_e(", ".join(cm["found_parts"])) or "none"))
+        # relied-on summaries first, each group by support; numbered in that order
+        ordered = sorted(class_summaries, key=lambda s: (not is_relied_on(s), -s["support"]))
+        unfaithful = sum(not is_relied_on(s) for s in ordered)
+        if unfaithful:
+            facts.append(f"{unfaithful} not relied on")
         parts.append(f"<p class='meta'>{' · '.join(facts)}</p>")
-        for k, s in enumerate(sorted(class_summaries, key=lambda s: -s["support"])):
-            faith = s.get("faithfulness") or {}
-            head = [f"summary {k + 1}"]
-            if "tag" in s:
-                head.append(f"tag <b>{_e(s['tag'])}</b> (purity {_fmt(s.get('purity'), 2)})")
-            head += [
-                f"support {_e(s['support'])}",
-                f"coherence {_fmt(s['coherence'])}",
-                f"faithfulness {_fmt(faith.get('ratio'), 2)} (drop {_fmt(faith.get('drop'), 2)} vs random {_fmt(faith.get('random_drop'), 2)})",
-            ]
-            tiles = []
-            arrays = []
-            for j, m in enumerate(s["members"][:max_members]):
-                rel = f"tiles/{folder}/s{k:03d}_m{j:03d}.png"
-                arrays.append(region_tile(image_of(int(m["index"])), rle_decode(m["mask_rle"])))
-                _save(report / rel, arrays[-1])
-                caption = f"{m['key']} · sim {m['similarity']:.2f} · drop {m['drop']:.2f}" + (
-                    f" · {m['tag']}" if "tag" in m else ""
-                )
-                tiles.append(
-                    f"<img class='tile' src='{_e(rel)}' alt='{_e(caption)}' title='{_e(caption)}'>"
-                )
-            if arrays:
-                mosaic = report / f"tiles/{folder}/s{k:03d}_mosaic.png"
-                _save(mosaic, np.concatenate(arrays, axis=1))
+        blocks = []
+        for k, s in enumerate(ordered):
+            stem = f"tiles/{folder}/s{k:03d}"
+            block, crops = _summary_block(report, stem, k + 1, s, image_of, max_members)
+            blocks.append(block)
+            if crops:
+                mosaic = report / f"{stem}_mosaic.png"
+                _save(mosaic, np.concatenate(crops, axis=1))
                 mosaics.append((class_name, k + 1, mosaic))
+        parts += blocks[: len(ordered) - unfaithful]
+        if unfaithful:
             parts.append(
-                f"<div class='summary'><h3>{' · '.join(head)}</h3><div class='tiles'>{''.join(tiles)}</div></div>"
+                f"<details class='unfaithful'><summary>{_e(NOT_RELIED_ON)}: {unfaithful} "
+                f"{'summary' if unfaithful == 1 else 'summaries'}</summary>"
+                + "".join(blocks[len(ordered) - unfaithful :])
+                + "</details>"
             )
     parts.append(_specialization_section(metrics))
     parts.append(_skipped_section(metrics))
@@ -242,12 +343,18 @@ def write_report(
         "<h2>Metrics</h2><pre>" + _e(json.dumps(metrics, indent=2, default=str)) + "</pre>"
     )
     parts.append("<h2>Config</h2><pre>" + _e(config_yaml) + "</pre>")
-    # How many summary tiles actually rendered (for people, and for the headless-browser test).
+    # How many member images actually rendered (for people, and for the headless-browser test):
+    # crops loaded, crops shown (not in a collapsed section), whole images loaded.
     parts.append(
-        "<p class='meta'>tiles shown: <span id='tiles-loaded'>?</span></p><script>"
-        "window.addEventListener('load',()=>{const n=[...document.querySelectorAll('img.tile')]"
-        ".filter(i=>i.complete&&i.naturalWidth>0&&i.getBoundingClientRect().width>0).length;"
-        "document.getElementById('tiles-loaded').textContent=String(n);});</script></body></html>"
+        "<p class='meta'>member crops loaded: <span id='tiles-loaded'>?</span>, shown: "
+        "<span id='tiles-shown'>?</span>; whole images loaded: <span id='whole-loaded'>?</span></p>"
+        "<script>window.addEventListener('load',()=>{"
+        "const ok=i=>i.complete&&i.naturalWidth>0,all=s=>[...document.querySelectorAll(s)],"
+        "put=(id,n)=>{document.getElementById(id).textContent=String(n);};"
+        "put('tiles-loaded',all('img.tile').filter(ok).length);"
+        "const shown=i=>(i.checkVisibility?.()??true)&&i.getBoundingClientRect().width>0;"
+        "put('tiles-shown',all('img.tile').filter(i=>ok(i)&&shown(i)).length);"
+        "put('whole-loaded',all('img.whole').filter(ok).length);});</script></body></html>"
     )
     index_file = report / "index.html"
     write_text(index_file, "\n".join(parts))

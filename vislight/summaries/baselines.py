@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -49,12 +50,14 @@ def sharp_source(
     name: str, model: torch.nn.Module, layer: torch.nn.Module, seed: int = 0
 ) -> Callable:
     """``fn(our_sharp, image, target) -> sharp`` giving the baseline's mask for one image."""
-    rng = np.random.default_rng(seed)
 
     def gradcam_mask(sharp, image, target):
         return area_matched_mask(gradcam(model, layer, image, target), float((sharp < 0.5).mean()))
 
     def random_mask(sharp, image, target):
+        # the shift depends on the seed and the mask only, not on which images came before (a
+        # class's regions may come from the cache while another's are collected)
+        rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(sharp).tobytes())])
         h, w = sharp.shape
         return np.roll(sharp, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1))
 

@@ -1,5 +1,7 @@
-"""The ``summaries`` stage: for every class, regions of its masks -> similarity graph -> affinity
-propagation -> pruned summaries, tagged against ground-truth parts where the dataset has them."""
+"""The ``summaries`` stage: for every class, ``collect_regions`` (a cached :class:`RegionSet`) ->
+``cluster_regions`` (similarity graph, affinity propagation, pruning) -> JSON-ready summary records
+tagged against ground-truth parts where the dataset has them, with the part-prototype literature's
+measures (vislight/evaluation/part_measures.py) and bootstrap stability, for ours and each baseline."""
 
 from __future__ import annotations
 
@@ -11,23 +13,26 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
-from tqdm.auto import tqdm
 
-from vislight.clustering.affinity import affinity_propagation, shifted_similarities
-from vislight.clustering.summaries import build_summaries
+from vislight.clustering.summaries import Summary
+from vislight.evaluation.part_measures import (
+    distinctiveness,
+    huang_consistency,
+    keypoint_nmi_ari,
+    pipnet_purity,
+    summaries_per_part,
+)
 from vislight.evaluation.tagging import (
     BACKGROUND_TAG,
     class_tagging,
     part_reliance,
     summary_tag,
-    tag_region,
 )
-from vislight.interrupt import check
-from vislight.masks.cache import MaskCache
-from vislight.regions.describe import blur_drops, describe_regions, random_placements
-from vislight.regions.extract import extract_regions
-from vislight.similarity.graph import similarity_graph
-from vislight.summaries.baselines import BASELINES, kmeans_labels, sharp_source
+from vislight.masks.cache import safe_name
+from vislight.regions.describe import blur_drops, random_placements
+from vislight.summaries.baselines import BASELINES, sharp_source
+from vislight.summaries.cluster import ap_labels, cluster_regions, member_labels, region_graph
+from vislight.summaries.regionset import RegionSet, collect_regions, region_key
 from vislight.summaries.rle import rle_encode
 
 log = logging.getLogger(__name__)
@@ -36,209 +41,219 @@ log = logging.getLogger(__name__)
 # report's baselines table, the CUB studies).
 HEADLINE_MEASURES = (
     "mean_summaries",
+    "summaries_per_part",
     "mean_purity",
+    "pipnet_purity",
+    "consistency",
+    "keypoint_nmi",
+    "distinctiveness",
     "background_share",
     "on_object_share",
     "faithful_fraction",
     "median_faithfulness_ratio",
+    "stability_count_std",
 )
 
 
-def _cluster(graph, median_similarity: float, cluster_cfg: Mapping):
-    shifted = shifted_similarities(graph)
-    if shifted.nnz == 0:
-        return np.full(graph.shape[0], -1), None
-    # Shifted similarities are s - 1 <= 0; the preference is a multiple of their median over
-    # all region pairs (estimated from a sample), as for dense affinity propagation.
-    preference = float(cluster_cfg["preference_factor"]) * (median_similarity - 1.0)
-    ap = affinity_propagation(
-        shifted,
-        preference,
-        damping=float(cluster_cfg["damping"]),
-        max_iter=int(cluster_cfg["max_iter"]),
-        convergence_iter=int(cluster_cfg["convergence_iter"]),
-    )
-    return ap.labels, ap
-
-
-def summarize_class(
+def class_regions(
     classifier: torch.nn.Module,
     dataset,
     class_name: str,
     target: int,
     items: Sequence[tuple[int, Path]],
-    regions_cfg: Mapping,
-    similarity_cfg: Mapping,
-    cluster_cfg: Mapping,
-    mask_cfg: Mapping,
+    cfg: Mapping,
     device: torch.device,
+    cache_dir: Path | None = None,
+    source: str = "ours",
     sharp_of=None,
-    kmeans_k: int | None = None,
-) -> tuple[list[dict], dict]:
-    """Summaries (JSON-ready) and metrics of one class from its cached masks ``items``.
+) -> RegionSet:
+    """The class's RegionSet, read from ``cache_dir/<source>/<class>.npz`` when it was made under
+    the same key, else collected (and cached)."""
+    layer = cfg["similarity"].get("layer")
+    key = region_key(
+        items,
+        cfg["regions"],
+        layer,
+        cfg["masks"],
+        source,
+        float(cfg["cluster"].get("keypoint_margin", 0.04)),
+        float(cfg["cluster"]["tag_min_share"]),
+    )
+    path = Path(cache_dir) / source / f"{safe_name(class_name)}.npz" if cache_dir else None
+    if path is not None and (cached := RegionSet.load(path, key)) is not None:
+        return cached
+    regions = collect_regions(
+        classifier,
+        dataset,
+        class_name,
+        target,
+        items,
+        cfg["regions"],
+        layer,
+        cfg["masks"],
+        device,
+        sharp_of=sharp_of,
+        keypoint_margin=float(cfg["cluster"].get("keypoint_margin", 0.04)),
+        tag_min_share=float(cfg["cluster"]["tag_min_share"]),
+    )
+    if path is not None:
+        regions.save(path, key)
+    return regions
 
-    Baselines: ``sharp_of(our_sharp, image, target)`` replaces each mask before regions are cut;
-    ``kmeans_k`` clusters with k-means (fixed K) instead of affinity propagation.
+
+def summarize_class(
+    classifier: torch.nn.Module,
+    dataset,
+    regions: RegionSet,
+    cfg: Mapping,
+    device: torch.device,
+    kmeans_k: int | None = None,
+    needed: Mapping | None = None,
+) -> tuple[list[dict], dict]:
+    """Summaries (JSON-ready) and metrics of one class from its measured ``regions``.
+
+    ``kmeans_k`` clusters with k-means (fixed K) instead of affinity propagation. ``needed``: the
+    class's ``part_drops`` and ``needed_parts`` when already measured (synthetic world).
     """
-    layer = classifier.feature_module(similarity_cfg.get("layer"))
-    regions, image_id, drops, descs, geoms = [], [], [], [], []
-    for img_no, (index, path) in enumerate(
-        tqdm(items, desc=f"regions {class_name}", leave=False, mininterval=1.0)
-    ):
-        check()  # a stop signal ends the stage between images (summaries.json is written at the end)
-        sharp = MaskCache.read(path)["sharp"]
-        item = dataset[index]
-        image = item["image"]
-        if sharp_of is not None:
-            sharp = sharp_of(sharp, image.to(device), target)
-        rgb = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-        found = extract_regions(
-            sharp,
-            rgb,
-            min_area=float(regions_cfg["min_area"]),
-            proposals=bool(regions_cfg["proposals"]),
-            proposal_mode=str(regions_cfg["proposal_mode"]),
-            proposal_min_salient=float(regions_cfg["proposal_min_salient"]),
-            dedup_overlap=float(regions_cfg["dedup_overlap"]),
-            dedup_area_ratio=float(regions_cfg["dedup_area_ratio"]),
-            max_regions=int(regions_cfg["max_regions"]),
-        )
-        if not found:
-            continue
-        d = describe_regions(
-            classifier,
-            layer,
-            image.to(device),
-            np.stack([r.mask for r in found]),
-            target,
-            float(mask_cfg["blur_kernel"]),
-            float(mask_cfg["blur_sigma"]),
-            int(mask_cfg["reference_size"]),
-        )
-        for r in found:
-            regions.append(
-                {"index": int(index), "key": str(item["key"]), "region": r, "target": target}
-            )
-            image_id.append(img_no)
-        drops.append(d["drop"])
-        descs.append(d["descriptor"])
-        geoms.append(d["geometry"])
-    metrics: dict = {"images": len(items), "regions": len(regions)}
+    metrics: dict = {"images": regions.n_images, "regions": len(regions)}
     if len(regions) < 2:
         metrics["summaries"] = 0
-        metrics.update(_part_metrics(classifier, dataset, items, target, [], cluster_cfg, device))
-        return [], metrics
-    image_id = np.asarray(image_id)
-    drops, descs, geoms = np.concatenate(drops), np.concatenate(descs), np.concatenate(geoms)
-    if similarity_cfg.get("center", True):
-        # ReLU features are all positive, so raw cosines are all high: centre on the class's
-        # mean region descriptor so that cosine separates parts.
-        descs = descs - descs.mean(0, keepdims=True)
-        descs /= np.linalg.norm(descs, axis=1, keepdims=True).clip(min=1e-8)
-    side = int(dataset[items[0][0]]["image"].shape[-1])
-    sim_kw = dict(
-        k=int(similarity_cfg["k"]),
-        w_xy=float(similarity_cfg["w_xy"]) * side,
-        w_scale=float(similarity_cfg["w_scale"]),
-        approx_above=int(similarity_cfg["approx_above"]),
-        nprobe=int(similarity_cfg["nprobe"]),
-    )
-    graph, median = similarity_graph(
-        descs, image_id, geoms, mode=str(similarity_cfg["mode"]), **sim_kw
-    )
-    if kmeans_k:
-        labels, ap = kmeans_labels(descs, kmeans_k), None
-    else:
-        labels, ap = _cluster(graph, median, cluster_cfg)
-    metrics["edges"] = int(graph.nnz)
-    metrics["ap_clusters"] = int(len(ap.exemplars)) if ap is not None else 0
-    metrics["ap_converged"] = bool(ap.converged) if ap is not None else False
-    if similarity_cfg.get("compare_dense") and similarity_cfg["mode"] != "dense":
-        dense_labels, _ = _cluster(
-            *similarity_graph(descs, image_id, geoms, mode="dense", **sim_kw), cluster_cfg
+        metrics.update(
+            _part_metrics(classifier, dataset, regions, [], cfg["cluster"], device, needed)
         )
-        metrics["ari_dense"] = float(adjusted_rand_score(dense_labels, labels))
-    summaries, stats = build_summaries(
-        labels,
-        graph,
-        image_id,
-        min_support=int(cluster_cfg["min_support"]),
-        min_support_fraction=float(cluster_cfg["min_support_fraction"]),
-        coherence_ratio=float(cluster_cfg["coherence_ratio"]),
-        outlier_ratio=float(cluster_cfg["outlier_ratio"]),
-        n_images=len(items),
-    )
-    metrics.update(pruning=stats, summaries=len(summaries))
-    has_parts = hasattr(dataset, "parts")
-    has_keypoints = not has_parts and hasattr(dataset, "tag_region")
-    part_cache: dict[int, np.ndarray] = {}
+        return [], metrics
+    clustering = cluster_regions(regions, cfg["similarity"], cfg["cluster"], kmeans_k)
+    metrics.update({k: v for k, v in clustering.stats.items() if k != "pruning"})
+    if cfg["similarity"].get("compare_dense") and cfg["similarity"]["mode"] != "dense":
+        dense_graph, median = region_graph(regions, cfg["similarity"], mode="dense")
+        dense_labels, _ = ap_labels(dense_graph, median, cfg["cluster"])
+        metrics["ari_dense"] = float(adjusted_rand_score(dense_labels, clustering.labels))
+    metrics.update(pruning=clustering.stats["pruning"], summaries=len(clustering.summaries))
+    out = summary_records(regions, clustering.summaries)
+    for k, (entry, s) in enumerate(zip(out, clustering.summaries)):
+        entry["faithfulness"] = _faithfulness(
+            classifier, dataset, regions, s.members, cfg["masks"], device, seed=k
+        )
+    if regions.on_object is not None and out:
+        metrics["on_object_share"] = float(
+            np.mean([m["on_object"] for e in out for m in e["members"]])
+        )
+    metrics.update(literature_measures(regions, clustering.summaries, out))
+    metrics.update(_part_metrics(classifier, dataset, regions, out, cfg["cluster"], device, needed))
+    return out, metrics
+
+
+def summary_records(regions: RegionSet, summaries: Sequence[Summary]) -> list[dict]:
+    """JSON-ready records of a class's summaries (members most similar to the exemplar first), with
+    their tag, purity, PIP-Net purity and Huang consistency where the dataset has ground truth.
+    Needs no network: the faithfulness check is added by :func:`summarize_class`."""
     out = []
     for s in summaries:
         members = []
-        tags = []
         for m, sim in zip(s.members, s.similarity):
-            info = regions[m]
-            r = info["region"]
             member = {
-                "key": info["key"],
-                "index": info["index"],
-                "bbox": list(r.box),
-                "kind": r.kind,
-                "area": r.area / r.mask.size,
-                "drop": float(drops[m]),
+                "key": regions.keys[m],
+                "index": int(regions.index[m]),
+                "bbox": [int(v) for v in regions.boxes[m]],
+                "kind": regions.kinds[m],
+                "area": float(regions.masks[m].mean()),
+                "drop": float(regions.drops[m]),
                 "similarity": float(sim),
-                "mask_rle": rle_encode(r.mask),
+                "center": [float(v) for v in regions.centers[m]],
+                "mask_rle": rle_encode(regions.masks[m]),
             }
-            if has_keypoints:
-                member["tag"] = dataset.tag_region(
-                    info["index"], r.mask, float(cluster_cfg.get("keypoint_margin", 0.04))
-                )
-                tags.append(member["tag"])
-            if hasattr(dataset, "on_object"):
-                member["on_object"] = dataset.on_object(info["index"], r.mask)
-            if has_parts:
-                if info["index"] not in part_cache:
-                    part_cache[info["index"]] = dataset.parts(info["index"])
-                member["tag"] = tag_region(
-                    r.mask, part_cache[info["index"]], float(cluster_cfg["tag_min_share"])
-                )
-                tags.append(member["tag"])
+            if regions.tags is not None:
+                member["tag"] = regions.tags[m]
+            if regions.on_object is not None:
+                member["on_object"] = bool(regions.on_object[m])
             members.append(member)
         entry = {
             "exemplar": members[0]["key"],
             "support": s.support,
             "coherence": s.coherence,
             "mean_region_drop": float(np.mean([mm["drop"] for mm in members])),
-            "faithfulness": _faithfulness(
-                classifier,
-                dataset,
-                [regions[m] for m in s.members],
-                [mm["drop"] for mm in members],
-                target,
-                mask_cfg,
-                device,
-                seed=len(out),
-            ),
             "members": members,
         }
-        if tags:
-            entry["tag"], entry["purity"] = summary_tag(tags)
-        if members and "on_object" in members[0]:
+        if regions.tags is not None:
+            entry["tag"], entry["purity"] = summary_tag([mm["tag"] for mm in members])
+        if regions.points:
+            pts = [regions.points[int(regions.image_id[m])] for m in s.members]
+            centers = [tuple(regions.centers[m]) for m in s.members]
+            entry["pipnet_purity"] = pipnet_purity(centers, pts, regions.side)
+            entry["consistent"] = huang_consistency(centers, pts, regions.side)
+        if regions.on_object is not None:
             entry["on_object_share"] = float(np.mean([mm["on_object"] for mm in members]))
         out.append(entry)
-    placed = [m["on_object"] for e in out for m in e["members"] if "on_object" in m]
-    if placed:
-        metrics["on_object_share"] = float(np.mean(placed))
-    metrics.update(_part_metrics(classifier, dataset, items, target, out, cluster_cfg, device))
-    return out, metrics
+    return out
+
+
+def literature_measures(regions: RegionSet, summaries: list, records: list[dict]) -> dict:
+    """summaries_per_part, distinctiveness, PIP-Net purity, Huang consistency and keypoint NMI/ARI
+    of one class (vislight/evaluation/part_measures.py)."""
+    out: dict = {}
+    if regions.tags is not None:
+        out["summaries_per_part"] = summaries_per_part([e["tag"] for e in records])
+    member_of = member_labels(summaries, len(regions))
+    members = np.flatnonzero(member_of >= 0)
+    out["distinctiveness"] = distinctiveness(
+        regions.image_id[members], member_of[members], regions.masks[members]
+    )
+    if regions.points and any(regions.points):
+        purities = [e["pipnet_purity"] for e in records if e.get("pipnet_purity") is not None]
+        consistent = [e["consistent"] for e in records if e.get("consistent") is not None]
+        out["pipnet_purity"] = float(np.mean(purities)) if purities else None
+        out["consistency"] = float(np.mean(consistent)) if consistent else None
+        out["keypoint_nmi"], out["keypoint_ari"] = keypoint_nmi_ari(
+            regions.points,
+            regions.image_id[members],
+            member_of[members],
+            regions.masks[members],
+        )
+    return out
+
+
+def stability(
+    regions: RegionSet,
+    cfg: Mapping,
+    resamples: int = 5,
+    fraction: float = 0.8,
+    seed: int = 0,
+    kmeans_k: int | None = None,
+) -> dict:
+    """Bootstrap stability of one class's summaries: re-cluster ``resamples`` random subsets of
+    ``fraction`` of the images (without replacement). ``count_std``: std of the number of
+    summaries; ``ari``: mean adjusted Rand index between the full run's summary labels and each
+    resample's, over the regions that are members of a summary in both."""
+    full = cluster_regions(regions, cfg["similarity"], cfg["cluster"], kmeans_k)
+    full_labels = member_labels(full.summaries, len(regions))
+    rng = np.random.default_rng(seed)
+    counts, aris = [], []
+    n_keep = max(2, round(fraction * regions.n_images))
+    for _ in range(resamples):
+        images = np.sort(rng.choice(regions.n_images, size=n_keep, replace=False))
+        sub = regions.subset(images.tolist())
+        kept = np.flatnonzero(np.isin(regions.image_id, images))  # same order as in `sub`
+        if len(sub) < 2:
+            counts.append(0)
+            continue
+        part = cluster_regions(sub, cfg["similarity"], cfg["cluster"], kmeans_k)
+        counts.append(len(part.summaries))
+        sub_labels = member_labels(part.summaries, len(sub))
+        both = (full_labels[kept] >= 0) & (sub_labels >= 0)
+        if both.sum() >= 2:
+            aris.append(adjusted_rand_score(full_labels[kept][both], sub_labels[both]))
+    return {
+        "count_std": float(np.std(counts)),
+        "counts": counts,
+        "ari": float(np.mean(aris)) if aris else None,
+    }
 
 
 def _faithfulness(
     classifier,
     dataset,
-    regions: list[dict],
-    drops: list[float],
-    target: int,
+    regions: RegionSet,
+    members: Sequence[int],
     mask_cfg: Mapping,
     device,
     seed: int,
@@ -249,21 +264,21 @@ def _faithfulness(
     ``ratio`` > 1: the summary's parts matter more than chance regions of equal area."""
     rng = np.random.default_rng(seed)
     random = []
-    for info in regions:
-        image = dataset[info["index"]]["image"].to(device)
-        shapes = random_placements(np.repeat(info["region"].mask[None], draws, axis=0), rng)
+    for m in members:
+        image = dataset[int(regions.index[m])]["image"].to(device)
+        shapes = random_placements(np.repeat(regions.masks[m][None], draws, axis=0), rng)
         random.extend(
             blur_drops(
                 classifier,
                 image,
                 shapes,
-                info["target"],
+                regions.target,
                 float(mask_cfg["blur_kernel"]),
                 float(mask_cfg["blur_sigma"]),
                 int(mask_cfg["reference_size"]),
             ).tolist()
         )
-    ours, chance = float(np.mean(drops)), float(np.mean(random))
+    ours, chance = float(np.mean(regions.drops[list(members)])), float(np.mean(random))
     # ratio is undefined when random regions do not lower the score; `faithful` is still decided
     return {
         "drop": ours,
@@ -274,7 +289,13 @@ def _faithfulness(
 
 
 def _part_metrics(
-    classifier, dataset, items, target: int, summaries: list[dict], cluster_cfg: Mapping, device
+    classifier,
+    dataset,
+    regions: RegionSet,
+    summaries: list[dict],
+    cluster_cfg: Mapping,
+    device,
+    needed: Mapping | None = None,
 ) -> dict:
     """Needed parts (deletion drops) and tagging metrics of a class, where the dataset renders parts."""
     if not (hasattr(dataset, "parts") and hasattr(dataset, "class_parts")):
@@ -284,13 +305,34 @@ def _part_metrics(
         out = class_tagging([(e["tag"], e["purity"]) for e in summaries], [])
         out.pop("part_recall")
         return out
-    indices = [i for i, _ in items]
-    candidates = list(dataset.class_parts(target)) + ["watermark"]
-    reliance = part_reliance(classifier, dataset, indices, target, candidates, device)
-    needed = sorted(p for p, drop in reliance.items() if drop >= float(cluster_cfg["needed_drop"]))
-    return {"part_drops": reliance, "needed_parts": needed} | class_tagging(
-        [(e["tag"], e["purity"]) for e in summaries], needed
+    if needed and "needed_parts" in needed:
+        reliance, parts = needed.get("part_drops", {}), list(needed["needed_parts"])
+    else:
+        candidates = list(dataset.class_parts(regions.target)) + ["watermark"]
+        reliance = part_reliance(
+            classifier, dataset, regions.image_indices.tolist(), regions.target, candidates, device
+        )
+        parts = sorted(p for p, d in reliance.items() if d >= float(cluster_cfg["needed_drop"]))
+    return {"part_drops": reliance, "needed_parts": parts} | class_tagging(
+        [(e["tag"], e["purity"]) for e in summaries], parts
     )
+
+
+# Per-class numbers kept for each baseline in metrics.json (ours keep all).
+BASELINE_CLASS_KEYS = (
+    "summaries",
+    "purity",
+    "background_share",
+    "on_object_share",
+    "found_parts",
+    "summaries_per_part",
+    "distinctiveness",
+    "pipnet_purity",
+    "consistency",
+    "keypoint_nmi",
+    "keypoint_ari",
+    "stability",
+)
 
 
 def run_summaries(
@@ -300,91 +342,79 @@ def run_summaries(
     targets: Mapping[str, int],
     cfg: Mapping,
     device: torch.device,
+    cache_dir: Path | None = None,
 ) -> tuple[dict, dict]:
     """All classes: returns ``(summaries_json, metrics)`` where metrics holds ``classes`` and the
-    top-level ``mean_purity``, ``background_share``, ``part_recall``, ``mean_summaries``,
-    faithfulness, ``on_object_share`` (keypoint datasets) and, when ``baselines.enabled``, the same
-    numbers for each baseline under ``baselines.<name>``."""
+    top-level measures of :func:`aggregate` and, when ``baselines.enabled``, the same numbers for
+    each baseline under ``baselines.<name>``. ``cache_dir``: where each class's RegionSet is
+    cached (``<source>/<class>.npz``), so a re-run with other clustering settings skips the network."""
     t0 = time.perf_counter()
-    classes_out, class_metrics = _summarize_all(
-        classifier, dataset, mask_files, targets, cfg, device
-    )
-    metrics = aggregate(classes_out, class_metrics)
     baselines_cfg = cfg.get("baselines") or {}
-    if baselines_cfg.get("enabled"):
+    names = list(baselines_cfg.get("names") or []) if baselines_cfg.get("enabled") else []
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines.names holds {unknown}; known: {list(BASELINES)}")
+    ours: dict[str, RegionSet] = {}
+    classes_out, class_metrics = {}, {}
+    for name, items in mask_files.items():
+        ours[name] = class_regions(
+            classifier, dataset, name, targets[name], items, cfg, device, cache_dir
+        )
+        classes_out[name], class_metrics[name] = _summarize_source(
+            classifier, dataset, ours[name], cfg, device
+        )
+        m = class_metrics[name]
+        log.info("summaries %s: %d regions -> %d summaries %s", name, m.get("regions", 0), m.get("summaries", 0),
+                 [(s.get("tag"), round(s.get("purity", 0), 2), s["support"]) for s in classes_out[name]])  # fmt: skip
+    metrics = aggregate(classes_out, class_metrics)
+    if names:
         metrics["baselines"] = {}
-        for name in baselines_cfg["names"]:
-            if name not in BASELINES:
-                raise ValueError(f"baselines.names holds {name!r}; known: {list(BASELINES)}")
-            kw = (
-                {"kmeans_k": int(baselines_cfg["kmeans_k"])}
-                if name == "kmeans"
-                else {
-                    "sharp_of": sharp_source(
-                        name,
-                        classifier,
-                        classifier.feature_module(cfg["similarity"].get("layer")),
-                        int(baselines_cfg.get("seed", 0)),
-                    )
-                }
+    layer = classifier.feature_module(cfg["similarity"].get("layer")) if names else None
+    for baseline in names:
+        b_out, b_metrics = {}, {}
+        for name, items in mask_files.items():
+            if baseline == "kmeans":
+                regions, kw = ours[name], {"kmeans_k": int(baselines_cfg["kmeans_k"])}
+            else:
+                seed = int(baselines_cfg.get("seed", 0))
+                sharp_of = sharp_source(baseline, classifier, layer, seed)
+                source = f"{baseline}-seed{seed}" if baseline == "random" else baseline
+                regions = class_regions(classifier, dataset, name, targets[name], items, cfg,
+                                        device, cache_dir, source=source, sharp_of=sharp_of)  # fmt: skip
+                kw = {}
+            # the parts a class needs do not depend on the method: ours were measured already
+            known = {k: class_metrics[name][k] for k in ("part_drops", "needed_parts") if k in class_metrics[name]}  # fmt: skip
+            b_out[name], b_metrics[name] = _summarize_source(
+                classifier, dataset, regions, cfg, device, needed=known, **kw
             )
-            b_out, b_metrics = _summarize_all(
-                classifier, dataset, mask_files, targets, cfg, device, **kw
-            )
-            agg = aggregate(b_out, b_metrics)
-            per_class = (
-                "summaries",
-                "purity",
-                "background_share",
-                "on_object_share",
-                "found_parts",
-            )
-            agg["classes"] = {
-                c: {k: v.get(k) for k in per_class if k in v} for c, v in agg["classes"].items()
-            }
-            metrics["baselines"][name] = agg
-            log.info(
-                "baseline %s: %s",
-                name,
-                {
-                    k: agg.get(k)
-                    for k in (
-                        "mean_summaries",
-                        "mean_purity",
-                        "background_share",
-                        "on_object_share",
-                        "faithful_fraction",
-                    )
-                },
-            )
+        agg = aggregate(b_out, b_metrics)
+        agg["classes"] = {
+            c: {k: v.get(k) for k in BASELINE_CLASS_KEYS if k in v}
+            for c, v in agg["classes"].items()
+        }
+        metrics["baselines"][baseline] = agg
+        log.info("baseline %s: %s", baseline, {k: agg.get(k) for k in HEADLINE_MEASURES})
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
     return {"classes": classes_out}, metrics
 
 
-def _summarize_all(
-    classifier, dataset, mask_files, targets, cfg, device, **kw
-) -> tuple[dict, dict]:
-    classes_out, class_metrics = {}, {}
-    for name, items in mask_files.items():
-        summaries, m = summarize_class(
-            classifier,
-            dataset,
-            name,
-            targets[name],
-            items,
-            cfg["regions"],
-            cfg["similarity"],
-            cfg["cluster"],
-            cfg["masks"],
-            device,
-            **kw,
+def _summarize_source(
+    classifier, dataset, regions: RegionSet, cfg: Mapping, device, needed=None, kmeans_k=None
+) -> tuple[list[dict], dict]:
+    """Summaries, metrics and bootstrap stability of one class's regions."""
+    summaries, metrics = summarize_class(
+        classifier, dataset, regions, cfg, device, kmeans_k=kmeans_k, needed=needed
+    )
+    resamples = int(cfg["cluster"].get("stability_resamples", 0))
+    if resamples and len(regions) >= 2:
+        metrics["stability"] = stability(
+            regions,
+            cfg,
+            resamples=resamples,
+            fraction=float(cfg["cluster"].get("stability_fraction", 0.8)),
+            kmeans_k=kmeans_k,
         )
-        classes_out[name] = summaries
-        class_metrics[name] = m
-        if not kw:
-            log.info("summaries %s: %d regions -> %d summaries %s", name, m.get("regions", 0), m.get("summaries", 0),
-                     [(s.get("tag"), round(s.get("purity", 0), 2), s["support"]) for s in summaries])  # fmt: skip
-    return classes_out, class_metrics
+    return summaries, metrics
 
 
 def aggregate(classes_out: Mapping[str, list[dict]], class_metrics: dict) -> dict:
@@ -424,4 +454,18 @@ def aggregate(classes_out: Mapping[str, list[dict]], class_metrics: dict) -> dic
     aris = [m["ari_dense"] for m in class_metrics.values() if "ari_dense" in m]
     if aris:
         metrics["ari_dense_vs_faiss"] = float(np.mean(aris))
+
+    def class_mean(values) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    per_class = class_metrics.values()
+    # means over classes (per-class numbers), as the part-discovery papers report them
+    for key in ("summaries_per_part", "distinctiveness", "keypoint_nmi", "keypoint_ari"):
+        metrics[key] = class_mean(m.get(key) for m in per_class)
+    # means over all summaries (per-prototype numbers), as PIP-Net and Huang et al. report them
+    metrics["pipnet_purity"] = class_mean(s.get("pipnet_purity") for s in all_summaries)
+    metrics["consistency"] = class_mean(s.get("consistent") for s in all_summaries)
+    metrics["stability_count_std"] = class_mean(m.get("stability", {}).get("count_std") for m in per_class)  # fmt: skip
+    metrics["stability_ari"] = class_mean(m.get("stability", {}).get("ari") for m in per_class)
     return metrics
