@@ -79,6 +79,7 @@ def main() -> None:
             "needed_parts": v.get("needed_parts"),
             "part_drops": {k: round(x, 3) for k, x in v.get("part_drops", {}).items()},
             "found_parts": v.get("found_parts"),
+            "summaries_per_part": v.get("summaries_per_part"),
             "summary_tags": [
                 (s["tag"], round(s["purity"], 2), s["support"]) for s in s_off["classes"].get(c, [])
             ],
@@ -94,6 +95,10 @@ def main() -> None:
         "shortcut_off": {
             "accuracy": m_off["accuracy"],
             "mean_summaries": m_off["mean_summaries"],
+            "summaries_per_part": m_off.get("summaries_per_part"),
+            "distinctiveness": m_off.get("distinctiveness"),
+            "pipnet_purity": m_off.get("pipnet_purity"),
+            "stability_count_std": m_off.get("stability_count_std"),
             "mean_purity": m_off["mean_purity"],
             "background_share": m_off["background_share"],
             "part_recall": m_off["part_recall"],
@@ -120,7 +125,9 @@ def main() -> None:
         f"`{result['command']}` at {result['commit']} on {result['machine']}, "
         f"{result['wall_seconds']} s; masks: {result['mask_schedule']}.",
         "",
-        f"Shortcut off: accuracy {o['accuracy']:.4f}, {o['mean_summaries']:.2f} summaries per class, mean purity "
+        f"Shortcut off: accuracy {o['accuracy']:.4f}, {o['mean_summaries']:.2f} summaries per class, "
+        f"{o['summaries_per_part']:.2f} per distinct part, distinctiveness {o['distinctiveness']:.3f}, "
+        f"PIP-Net purity {o['pipnet_purity']:.3f}, bootstrap count std {o['stability_count_std']:.2f}, mean purity "
         f"{o['mean_purity']:.3f}, background share {o['background_share']:.3f}, part recall {o['part_recall']:.3f}, "
         f"ARI faiss vs dense {o['ari_dense_vs_faiss']}, watermark summaries {len(o['watermark_summaries'])}; "
         f"stage seconds {o['timings']}.",
