@@ -160,8 +160,10 @@ def choose(results: dict[str, dict[str, dict]]) -> str:
     base = results["ap"]
 
     def admissible(name: str) -> bool:
+        keys = ("purity", "found_parts", "summaries_per_part")
         return all(
-            results[name][w]["purity"] >= base[w]["purity"] - 0.02
+            all(results[name][w][k] is not None for k in keys)
+            and results[name][w]["purity"] >= base[w]["purity"] - 0.02
             and results[name][w]["found_parts"] >= base[w]["found_parts"] - 1e-9
             for w in base
         )

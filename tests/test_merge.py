@@ -42,6 +42,10 @@ def test_two_summaries_of_one_part_in_disjoint_images_merge_and_others_stay():
     assert big.support == 12 and sorted(image_id[big.members]) == list(range(12))
     assert set(big.members) == set(summaries[0].members) | set(summaries[1].members)
     assert big.members[0] == big.exemplar and big.similarity[0] == 1.0
+    # the absorbed summary's exemplar is not a second 1.0: it takes its summary's coherence
+    assert big.similarity[1:] == sorted(big.similarity[1:], reverse=True)
+    assert summaries[1].exemplar in big.members
+    assert big.similarity[big.members.index(summaries[1].exemplar)] == summaries[1].coherence
     assert merged[1].members == summaries[2].members  # the other part is untouched
 
 

@@ -64,9 +64,9 @@ def test_purity_and_consistency_on_and_off_the_part():
     assert pipnet_purity(split, points, 224) == pytest.approx(2 / 3)
     assert pipnet_purity([], [], 224) is None
     assert huang_consistency([], [], 224) is None
-    # An image with no part point at all: no part is visible, purity 0.
-    assert pipnet_purity([(5.0, 5.0)], [[]], 224) == 0.0
-    assert huang_consistency([(5.0, 5.0)], [[]], 224) is False
+    # No member's image shows a part: nothing to measure (not a purity of 0).
+    assert pipnet_purity([(5.0, 5.0)], [[]], 224) is None
+    assert huang_consistency([(5.0, 5.0)], [[]], 224) is None
 
 
 def test_left_and_right_are_one_part_for_pipnet_but_not_for_huang():
@@ -493,3 +493,14 @@ def test_class_regions_reads_its_cache_and_recollects_when_the_key_changes(tmp_p
     cfg["regions"]["min_area"] = 0.05
     stage.class_regions(None, None, "Laysan Albatross", 7, items, cfg, "cpu", tmp_path)
     assert len(calls) == 2  # other regions: collected again
+
+
+def test_stability_of_too_few_images_is_not_measured():
+    from vislight.summaries.stage import stability
+
+    rs = _random_regionset(np.random.default_rng(6), n_images=3).subset([0, 1])
+    assert stability(rs, {"similarity": {}, "cluster": {}}) == {
+        "count_std": None,
+        "counts": [],
+        "ari": None,
+    }

@@ -12,7 +12,8 @@ summaries with
 descriptors (centring on the class's mean region, right for the region graph, turns the views of a
 dominant part into opposite directions). The closest pair is merged while its ratio >= ``min_ratio``.
 A merged summary keeps the exemplar of its largest part and one member per image; each member keeps
-its similarity to the exemplar of the summary it came from (the region graph's similarity).
+its similarity to the exemplar of the summary it came from (the region graph's similarity; the
+exemplar of an absorbed summary takes that summary's coherence).
 """
 
 from __future__ import annotations
@@ -113,5 +114,11 @@ def _rebuild(parts: list[Summary], image_id: np.ndarray) -> Summary:
     kept = sorted(best.values(), key=lambda t: -t[0])
     members = [m for _, m in kept]
     sims = [1.0 if m == exemplar else s for s, m in kept]
+    # an absorbed summary's exemplar has no similarity to the new exemplar in the graph's terms: it
+    # takes its own summary's coherence (the mean similarity of that summary's members)
+    absorbed = {p.exemplar: p.coherence for p in parts[1:]}
+    sims = [absorbed.get(m, sim) for m, sim in zip(members, sims)]
+    order = [0, *sorted(range(1, len(members)), key=lambda i: -sims[i])]
+    members, sims = [members[i] for i in order], [sims[i] for i in order]
     coherence = float(np.mean(sims[1:])) if len(sims) > 1 else 1.0
     return Summary(exemplar, members, sims, len(members), coherence, extra={"merged": True})

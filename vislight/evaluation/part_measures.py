@@ -44,7 +44,9 @@ def merge_sides(part: str) -> str:
 
 
 def summaries_per_part(tags: Sequence[str], background: str = "background") -> float | None:
-    """Summaries per distinct non-background tag of one class (None when no summary has a part)."""
+    """Summaries per distinct non-background tag of one class, background summaries counted (the
+    issue's definition: summaries / distinct part tags; 1.0 = one summary per part and none on the
+    background). None when no summary has a part."""
     parts = {t for t in tags if t != background}
     return len(tags) / len(parts) if parts else None
 
@@ -101,7 +103,7 @@ def pipnet_purity(
         return None
     merged = [[(merge_sides(p), x, y) for p, x, y in pts] for pts in points]
     rates = _hit_rates(centers, merged, PIPNET_PATCH * side / REFERENCE_SIDE / 2)
-    return max(rates.values(), default=0.0)
+    return max(rates.values()) if rates else None  # None: no member's image shows a part
 
 
 def huang_consistency(
@@ -113,6 +115,8 @@ def huang_consistency(
     if not centers:
         return None
     rates = _hit_rates(centers, points, HUANG_BOX * side / REFERENCE_SIDE / 2)
+    if not rates:
+        return None  # no member's image shows a part
     return any(rate >= HUANG_THRESHOLD for rate in rates.values())
 
 

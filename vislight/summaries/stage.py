@@ -176,7 +176,7 @@ def summary_records(regions: RegionSet, summaries: Sequence[Summary]) -> list[di
         }
         if regions.tags is not None:
             entry["tag"], entry["purity"] = summary_tag([mm["tag"] for mm in members])
-        if regions.points:
+        if regions.points and any(regions.points):
             pts = [regions.points[int(regions.image_id[m])] for m in s.members]
             centers = [tuple(regions.centers[m]) for m in s.members]
             entry["pipnet_purity"] = pipnet_purity(centers, pts, regions.side)
@@ -224,11 +224,13 @@ def stability(
     ``fraction`` of the images (without replacement). ``count_std``: std of the number of
     summaries; ``ari``: mean adjusted Rand index between the full run's summary labels and each
     resample's, over the regions that are members of a summary in both."""
+    if regions.n_images < 3:  # no subset of fewer images can differ from the whole
+        return {"count_std": None, "counts": [], "ari": None}
     full = cluster_regions(regions, cfg["similarity"], cfg["cluster"], kmeans_k)
     full_labels = member_labels(full.summaries, len(regions))
     rng = np.random.default_rng(seed)
     counts, aris = [], []
-    n_keep = max(2, round(fraction * regions.n_images))
+    n_keep = min(regions.n_images - 1, max(2, round(fraction * regions.n_images)))
     for _ in range(resamples):
         images = np.sort(rng.choice(regions.n_images, size=n_keep, replace=False))
         sub = regions.subset(images.tolist())
