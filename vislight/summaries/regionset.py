@@ -68,6 +68,11 @@ class RegionSet:
     def __len__(self) -> int:
         return len(self.image_id)
 
+    @property
+    def has_points(self) -> bool:
+        """Whether some image shows ground-truth part points (the keypoint measures apply)."""
+        return any(self.points)
+
     def subset(self, images: Sequence[int]) -> RegionSet:
         """The regions of the images at positions ``images`` (renumbered 0..len-1), e.g. for a
         bootstrap resample."""

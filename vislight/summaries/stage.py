@@ -31,7 +31,13 @@ from vislight.evaluation.tagging import (
 from vislight.masks.cache import safe_name
 from vislight.regions.describe import blur_drops, random_placements
 from vislight.summaries.baselines import BASELINES, sharp_source
-from vislight.summaries.cluster import ap_labels, cluster_regions, member_labels, region_graph
+from vislight.summaries.cluster import (
+    Clustering,
+    ap_labels,
+    cluster_regions,
+    member_labels,
+    region_graph,
+)
 from vislight.summaries.regionset import RegionSet, collect_regions, region_key
 from vislight.summaries.rle import rle_encode
 
@@ -70,15 +76,9 @@ def class_regions(
     """The class's RegionSet, read from ``cache_dir/<source>/<class>.npz`` when it was made under
     the same key, else collected (and cached)."""
     layer = cfg["similarity"].get("layer")
-    key = region_key(
-        items,
-        cfg["regions"],
-        layer,
-        cfg["masks"],
-        source,
-        float(cfg["cluster"].get("keypoint_margin", 0.04)),
-        float(cfg["cluster"]["tag_min_share"]),
-    )
+    margin = float(cfg["cluster"].get("keypoint_margin", 0.04))
+    min_share = float(cfg["cluster"]["tag_min_share"])
+    key = region_key(items, cfg["regions"], layer, cfg["masks"], source, margin, min_share)
     path = Path(cache_dir) / source / f"{safe_name(class_name)}.npz" if cache_dir else None
     if path is not None and (cached := RegionSet.load(path, key)) is not None:
         return cached
@@ -93,8 +93,8 @@ def class_regions(
         cfg["masks"],
         device,
         sharp_of=sharp_of,
-        keypoint_margin=float(cfg["cluster"].get("keypoint_margin", 0.04)),
-        tag_min_share=float(cfg["cluster"]["tag_min_share"]),
+        keypoint_margin=margin,
+        tag_min_share=min_share,
     )
     if path is not None:
         regions.save(path, key)
@@ -109,11 +109,13 @@ def summarize_class(
     device: torch.device,
     kmeans_k: int | None = None,
     needed: Mapping | None = None,
+    clustering: Clustering | None = None,
 ) -> tuple[list[dict], dict]:
     """Summaries (JSON-ready) and metrics of one class from its measured ``regions``.
 
     ``kmeans_k`` clusters with k-means (fixed K) instead of affinity propagation. ``needed``: the
     class's ``part_drops`` and ``needed_parts`` when already measured (synthetic world).
+    ``clustering``: the regions' clustering when already made (else it is made here).
     """
     metrics: dict = {"images": regions.n_images, "regions": len(regions)}
     if len(regions) < 2:
@@ -122,7 +124,8 @@ def summarize_class(
             _part_metrics(classifier, dataset, regions, [], cfg["cluster"], device, needed)
         )
         return [], metrics
-    clustering = cluster_regions(regions, cfg["similarity"], cfg["cluster"], kmeans_k)
+    if clustering is None:
+        clustering = cluster_regions(regions, cfg["similarity"], cfg["cluster"], kmeans_k)
     metrics.update({k: v for k, v in clustering.stats.items() if k != "pruning"})
     if cfg["similarity"].get("compare_dense") and cfg["similarity"]["mode"] != "dense":
         dense_graph, median = region_graph(regions, cfg["similarity"], mode="dense")
@@ -176,7 +179,7 @@ def summary_records(regions: RegionSet, summaries: Sequence[Summary]) -> list[di
         }
         if regions.tags is not None:
             entry["tag"], entry["purity"] = summary_tag([mm["tag"] for mm in members])
-        if regions.points and any(regions.points):
+        if regions.has_points:
             pts = [regions.points[int(regions.image_id[m])] for m in s.members]
             centers = [tuple(regions.centers[m]) for m in s.members]
             entry["pipnet_purity"] = pipnet_purity(centers, pts, regions.side)
@@ -198,7 +201,7 @@ def literature_measures(regions: RegionSet, summaries: list, records: list[dict]
     out["distinctiveness"] = distinctiveness(
         regions.image_id[members], member_of[members], regions.masks[members]
     )
-    if regions.points and any(regions.points):
+    if regions.has_points:
         purities = [e["pipnet_purity"] for e in records if e.get("pipnet_purity") is not None]
         consistent = [e["consistent"] for e in records if e.get("consistent") is not None]
         out["pipnet_purity"] = float(np.mean(purities)) if purities else None
@@ -219,14 +222,17 @@ def stability(
     fraction: float = 0.8,
     seed: int = 0,
     kmeans_k: int | None = None,
+    full: Clustering | None = None,
 ) -> dict:
     """Bootstrap stability of one class's summaries: re-cluster ``resamples`` random subsets of
     ``fraction`` of the images (without replacement). ``count_std``: std of the number of
     summaries; ``ari``: mean adjusted Rand index between the full run's summary labels and each
-    resample's, over the regions that are members of a summary in both."""
+    resample's, over the regions that are members of a summary in both. ``full``: the clustering
+    of all the regions when already made (else it is made here)."""
     if regions.n_images < 3:  # no subset of fewer images can differ from the whole
         return {"count_std": None, "counts": [], "ari": None}
-    full = cluster_regions(regions, cfg["similarity"], cfg["cluster"], kmeans_k)
+    if full is None:
+        full = cluster_regions(regions, cfg["similarity"], cfg["cluster"], kmeans_k)
     full_labels = member_labels(full.summaries, len(regions))
     rng = np.random.default_rng(seed)
     counts, aris = [], []
@@ -372,15 +378,16 @@ def run_summaries(
     if names:
         metrics["baselines"] = {}
     layer = classifier.feature_module(cfg["similarity"].get("layer")) if names else None
+    seed = int(baselines_cfg.get("seed", 0))
     for baseline in names:
         b_out, b_metrics = {}, {}
+        if baseline != "kmeans":
+            sharp_of = sharp_source(baseline, classifier, layer, seed)
+            source = f"{baseline}-seed{seed}" if baseline == "random" else baseline
         for name, items in mask_files.items():
             if baseline == "kmeans":
                 regions, kw = ours[name], {"kmeans_k": int(baselines_cfg["kmeans_k"])}
             else:
-                seed = int(baselines_cfg.get("seed", 0))
-                sharp_of = sharp_source(baseline, classifier, layer, seed)
-                source = f"{baseline}-seed{seed}" if baseline == "random" else baseline
                 regions = class_regions(classifier, dataset, name, targets[name], items, cfg,
                                         device, cache_dir, source=source, sharp_of=sharp_of)  # fmt: skip
                 kw = {}
@@ -403,18 +410,24 @@ def run_summaries(
 def _summarize_source(
     classifier, dataset, regions: RegionSet, cfg: Mapping, device, needed=None, kmeans_k=None
 ) -> tuple[list[dict], dict]:
-    """Summaries, metrics and bootstrap stability of one class's regions."""
+    """Summaries, metrics and bootstrap stability of one class's regions (clustered once)."""
+    clustering = (
+        cluster_regions(regions, cfg["similarity"], cfg["cluster"], kmeans_k)
+        if len(regions) >= 2
+        else None
+    )
     summaries, metrics = summarize_class(
-        classifier, dataset, regions, cfg, device, kmeans_k=kmeans_k, needed=needed
+        classifier, dataset, regions, cfg, device, kmeans_k, needed, clustering
     )
     resamples = int(cfg["cluster"].get("stability_resamples", 0))
-    if resamples and len(regions) >= 2:
+    if resamples and clustering is not None:
         metrics["stability"] = stability(
             regions,
             cfg,
             resamples=resamples,
             fraction=float(cfg["cluster"].get("stability_fraction", 0.8)),
             kmeans_k=kmeans_k,
+            full=clustering,
         )
     return summaries, metrics
 
