@@ -10,10 +10,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from vislight import CONF_DIR
+from vislight.devices import resolve_device
 from vislight.masks.optimize import MaskConfig
 from vislight.masks.stage import select_images
 from vislight.models import Classifier, build_classifier
-from vislight.pipeline import RunContext, resolve_device, stage_classifier, stage_evaluate
+from vislight.run_folder import RunFolder
+from vislight.stages import RunContext, stage_classifier, stage_evaluate
 
 
 def pick_device(name: str) -> torch.device:
@@ -63,7 +65,9 @@ def load_world(overrides: list[str], per_class: int):
         del cfg["hydra"]
         cfg.trainer.enable_progress_bar = False
         cfg.paths.output_dir = str(CONF_DIR.parent / "outputs" / "bench")
-    ctx = RunContext(cfg=cfg, output_dir=Path(cfg.paths.output_dir), device=resolve_device("auto"))
+    ctx = RunContext(
+        cfg=cfg, run=RunFolder(Path(cfg.paths.output_dir)), device=resolve_device("auto")
+    )
     stage_classifier(ctx)
     stage_evaluate(ctx)
     ds = ctx.datamodule.test_set

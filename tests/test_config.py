@@ -22,14 +22,14 @@ from vislight.data.datamodule import (
 from vislight.data.imagenet import resolve_classes
 from vislight.models import Classifier, MissingWeightsError, build_classifier
 from vislight.models.registry import FAMILIES
-from vislight.pipeline import ConfigError, _model_cfg, validate
+from vislight.pipeline import ConfigError, model_config, validate
 
 EXPERIMENTS = sorted(p.stem for p in (vislight.CONF_DIR / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (vislight.CONF_DIR / "model").glob("*.yaml"))
 TORCHVISION = [
     m
     for m in MODELS
-    if yaml.safe_load((vislight.CONF_DIR / "model" / f"{m}.yaml").read_text())["family"]
+    if yaml.safe_load((vislight.CONF_DIR / "model" / f"{m}.yaml").read_text()).get("family")
     == "torchvision"
 ]
 
@@ -62,7 +62,7 @@ def test_experiment_composes_and_builds(experiment, tmp_path):
             cfg.data.root = str(tmp_path / "imagenet")
             cfg.model.pretrained = False
     validate(cfg)
-    model_cfg = _model_cfg(cfg)
+    model_cfg = model_config(cfg)
     dm = build_datamodule(
         cfg.data, input_size=model_cfg["input_size"], resize_size=model_cfg.get("resize_size")
     )
@@ -86,19 +86,21 @@ def test_experiment_composes_and_builds(experiment, tmp_path):
 @pytest.mark.parametrize("model", MODELS)
 def test_model_composes(model, tmp_path):
     cfg = compose_config([f"model={model}"], tmp_path)
-    m = _model_cfg(cfg)
-    assert m["name"] == model
+    m = model_config(cfg)
+    assert m["name"] == (f"timm-{m['arch']}" if model == "timm" else model)
     assert m["family"] in FAMILIES
     assert isinstance(m["num_classes"], int) and m["num_classes"] >= 2
     assert isinstance(m["input_size"], int) and m["input_size"] >= 16
     assert len(m["mean"]) == len(m["std"]) == 3 and all(s > 0 for s in m["std"])
-    assert isinstance(m["feature_layer"], str)
+    # null: found automatically (the last spatial layer), for the families that take any network
+    assert isinstance(m["feature_layer"], str) or m["family"] in ("timm", "custom")
     assert m["trusted_checkpoint"] is False
     # Models trained by vislight follow the dataset; pretrained ones keep their own head.
     assert cfg.train.enabled is (not m["pretrained"])
-    if m["family"] == "small_cnn":
+    if m["family"] in ("small_cnn", "timm", "custom"):
         assert m["num_classes"] == cfg.data.num_classes
         assert m["input_size"] == cfg.data.image_size
+    if m["family"] in ("small_cnn", "timm"):
         clf = build_classifier(m)
         clf.feature_module()
     if m["family"] == "cifar_resnet":
@@ -108,7 +110,7 @@ def test_model_composes(model, tmp_path):
 
 
 def _torchvision_cfg(model: str, tmp_path: Path, *overrides: str) -> dict:
-    return _model_cfg(compose_config([f"model={model}", *overrides], tmp_path))
+    return model_config(compose_config([f"model={model}", *overrides], tmp_path))
 
 
 @pytest.mark.parametrize("model", TORCHVISION)
@@ -195,6 +197,8 @@ def test_default_config_is_valid(tmp_path):
         (["stages=[bogus]"], "stages"),
         (["masks.precision=fp8"], "masks.precision"),
         (["stages=[evaluate]"], "stages"),
+        (["stages=[classifier,masks,summaries]"], "'masks' needs ['evaluate'] before it"),
+        (["stages=[classifier,evaluate,report]"], "'report' needs ['summaries'] before it"),
         (["data=folder"], "data.root"),
         (["data=folder", "data.root=/nonexistent/images"], "data.root"),
     ],

@@ -11,7 +11,7 @@ from vislight.data.folder import ImageListDataset, scan_class_folders
 from vislight.evaluation.accuracy import evaluate_accuracy
 from vislight.models import build_classifier, load_state_dict_file
 from vislight.models.small_cnns import SMALL_CNNS
-from vislight.pipeline import _model_cfg
+from vislight.pipeline import model_config
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -20,7 +20,7 @@ CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 def test_cifar_resnet_shared_weights_fit(depth, tmp_path):
     require_shared("weights", "cifar10_resnet")
     cfg = compose_config([f"model=cifar_resnet{depth}"], tmp_path)
-    clf = build_classifier(_model_cfg(cfg)).eval()  # strict: no missing / unexpected keys
+    clf = build_classifier(model_config(cfg)).eval()  # strict: no missing / unexpected keys
     state = load_state_dict_file(cfg.model.weights_path)
     assert torch.equal(clf.net.linear.weight, state["linear.weight"])
     with torch.no_grad():
@@ -31,7 +31,7 @@ def test_cifar_resnet20_classifies_cifar10(tmp_path):
     require_shared("data", "cifar10_test")
     require_shared("weights", "cifar10_resnet")
     cfg = compose_config(["experiment=cifar_resnet_eval"], tmp_path)
-    clf = build_classifier(_model_cfg(cfg))
+    clf = build_classifier(model_config(cfg))
     items, classes, skipped = scan_class_folders(cfg.data.root)
     assert classes == CIFAR10 and not skipped
     first5 = [[p for p, label in items if label == c][:5] for c in range(10)]
@@ -48,7 +48,7 @@ def test_efficientnet_lite0_classifies_imagenet_examples(tmp_path):
     require_shared("data", "imagenet_examples")
     cfg = compose_config(["experiment=imagenet_examples_eval"], tmp_path)
     assert cfg.data.kind == "csv"
-    model_cfg = _model_cfg(cfg)
+    model_cfg = model_config(cfg)
     clf = build_classifier(model_cfg)
     assert (clf.input_size, clf.resize_size) == (224, 256)
     dm = build_datamodule(cfg.data, input_size=clf.input_size, resize_size=clf.resize_size)
@@ -64,14 +64,16 @@ def test_efficientnet_lite0_with_a_new_head_keeps_the_backbone_and_reloads_its_o
     """num_classes=40 (CUB): ImageNet backbone, random 40-way head; a saved trained classifier
     (40-way head included) loads back through model.weights_path with its head."""
     cfg = compose_config(["model=efficientnet_lite0", "model.num_classes=40"], tmp_path)
-    imagenet = build_classifier(_model_cfg(compose_config(["model=efficientnet_lite0"], tmp_path)))
-    clf = build_classifier(_model_cfg(cfg))
+    imagenet = build_classifier(
+        model_config(compose_config(["model=efficientnet_lite0"], tmp_path))
+    )
+    clf = build_classifier(model_config(cfg))
     assert clf.net._fc.weight.shape == (40, 1280)
     assert torch.equal(clf.net._conv_stem.weight, imagenet.net._conv_stem.weight)
     with torch.no_grad():
         clf.net._fc.weight.mul_(3.0)  # "trained"
     torch.save(clf.net.state_dict(), tmp_path / "classifier.pt")
-    again = build_classifier({**_model_cfg(cfg), "weights_path": str(tmp_path / "classifier.pt")})
+    again = build_classifier({**model_config(cfg), "weights_path": str(tmp_path / "classifier.pt")})
     assert torch.equal(again.net._fc.weight, clf.net._fc.weight)
 
 
@@ -124,7 +126,7 @@ def test_torchvision_weights_see_torchvision_preprocessing(model, side, tmp_path
     path = tmp_path / f"{model}.pth"
     torch.save(state, path)
     clf = build_classifier(
-        _model_cfg(compose_config([f"model={model}", f"model.weights_path={path}"], tmp_path))
+        model_config(compose_config([f"model={model}", f"model.weights_path={path}"], tmp_path))
     ).eval()
     x = torch.rand(2, 3, side, side)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

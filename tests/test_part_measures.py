@@ -474,7 +474,7 @@ def test_class_regions_reads_its_cache_and_recollects_when_the_key_changes(tmp_p
 
     cfg = {
         g: OmegaConf.to_container(OmegaConf.load(f"conf/{g}/default.yaml"))
-        for g in ("regions", "similarity", "cluster", "masks")
+        for g in ("regions", "similarity", "cluster", "tagging", "masks")
     }
     items = [(3, tmp_path / "a.npz"), (5, tmp_path / "b.npz"), (8, tmp_path / "c.npz")]
     made = _random_regionset(np.random.default_rng(5), n_images=3)

@@ -232,7 +232,7 @@ def test_same_config_and_seed_give_byte_identical_summaries(tiny_reference, tiny
     ("override", "key"),
     [
         ("cluster.outlier_ratio=1.5", "cluster.outlier_ratio"),
-        ("cluster.tag_min_share=-0.1", "cluster.tag_min_share"),
+        ("tagging.tag_min_share=-0.1", "tagging.tag_min_share"),
         ("cluster.damping=1.0", "cluster.damping"),
         ("cluster.min_support=0", "cluster.min_support"),
         ("similarity.k=0", "similarity.k"),

@@ -3,16 +3,21 @@ typical first, unfaithful summaries apart, escaping, and rendering in headless C
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from html import unescape
 
 import numpy as np
 import pytest
 import torch
+from markupsafe import escape
 from PIL import Image
 
+from vislight.compare import write_comparison
 from vislight.report.html import NOT_RELIED_ON, TILE_PX, region_crop, region_tile, write_report
+from vislight.run_folder import RunFolder
 from vislight.summaries.rle import rle_encode
 
 EVIL = "<script>alert(1)</script>"
@@ -83,7 +88,12 @@ def _write(tmp_path, max_members=12):
         "classes": {EVIL: {"needed_parts": ["disc"]}, "plain": {"found_parts": ["head", "wing"]}},
     }
     return write_report(
-        tmp_path, TinyDataset(), _summaries(), metrics, f"name: {EVIL}\n", max_members=max_members
+        RunFolder(tmp_path),
+        TinyDataset(),
+        _summaries(),
+        metrics,
+        f"name: {EVIL}\n",
+        max_members=max_members,
     )
 
 
@@ -121,8 +131,8 @@ def test_report_shows_one_crop_per_member_linked_to_its_whole_image(tmp_path):
 def test_members_are_listed_most_typical_first(tmp_path):
     html = _write(tmp_path)["index"].read_text()
     plain = html[html.index("<h2>plain</h2>") :]
-    keys = [alt.split(" · ")[0] for _, _, alt in MEMBER.findall(plain)]
-    assert keys == ["a&quot;quote&#x27;s.jpg", "k2", "k1"]
+    keys = [unescape(alt).split(" · ")[0] for _, _, alt in MEMBER.findall(plain)]
+    assert keys == [QUOTE, "k2", "k1"]
 
 
 def test_unfaithful_summaries_are_listed_apart_collapsed(tmp_path):
@@ -150,9 +160,63 @@ def test_user_strings_are_escaped(tmp_path):
     html = _write(tmp_path)["index"].read_text()
     assert EVIL not in html.replace("<script>window.addEventListener", "")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "a&quot;quote&#x27;s.jpg" in html
+    assert QUOTE not in html and str(escape(QUOTE)) in html
     # the only script is the report's own tile counter
     assert html.count("<script>") == 1
+
+
+def test_user_strings_are_escaped_in_every_page(tmp_path):
+    """Class names, image keys, the model, the config, skipped inputs: escaped in the report, the
+    masks page, the comparison page and the comparison link (attributes are single-quoted)."""
+    run = RunFolder(tmp_path / "0")
+    masks = []
+    for i, key in enumerate([QUOTE, EVIL]):  # mask files as MaskCache.read reads them
+        path = tmp_path / f"mask{i}.npz"
+        sharp = np.ones((16, 16), np.float16)
+        sharp[2:8, 2:8] = 0
+        diagnostics = json.dumps({"key": key, "drop": 0.5, "area": 0.1})
+        np.savez_compressed(path, smooth=sharp, sharp=sharp, diagnostics=diagnostics)
+        masks.append((i, path))
+    metrics = {
+        "model": EVIL + QUOTE,
+        "dataset": EVIL,
+        "accuracy": 0.9,
+        "mean_summaries": 1.5,
+        "classes": {EVIL: {"needed_parts": [EVIL], "found_parts": [QUOTE]}},
+        "baselines": {EVIL: {"mean_summaries": 2.0}},
+        "skipped": [{"file": QUOTE, "reason": EVIL}],
+        "mask": {"skipped": [{"class": EVIL, "index": 3, "reason": QUOTE}]},
+        "specialization": {
+            "heldout_split": EVIL,
+            "seeds": [0],
+            "groups": [{"classes": [EVIL], "heldout_images": 2, "base": 0.5}],
+        },
+    }
+    summaries = {"classes": {EVIL: _summaries()["classes"][EVIL]}}
+    write_report(run, TinyDataset(), summaries, metrics, f"name: {EVIL} {QUOTE}\n", {EVIL: masks})
+    run.metrics.write_text(json.dumps(metrics))
+    write_comparison(tmp_path)
+    pages = {
+        "index": run.report_index.read_text(),
+        "masks": run.report_masks.read_text(),
+        "comparison": (tmp_path / "comparison.html").read_text(),
+    }
+    for name, page in pages.items():
+        assert "<script>alert" not in page, name
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, name
+        assert QUOTE not in page and str(escape(QUOTE)) in page, name
+        # no value closes a single-quoted attribute early
+        for value in re.findall(r"='([^']*)'", page):
+            assert "<" not in value and '"' not in value, (name, value)
+    assert pages["index"].count("<script>") == 1  # the tile counter, nothing else
+    assert "<script>" not in pages["masks"] + pages["comparison"]
+    for where in (
+        "Specialisation (held-out &lt;script&gt;",
+        "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>",
+    ):
+        assert where in pages["index"]
+    assert f"<pre>{escape(f'name: {EVIL} {QUOTE}')}" in pages["index"]
+    assert "href='../../comparison.html'>comparison</a>" in pages["index"]
 
 
 def test_region_tile_dims_outside_and_outlines_the_region():

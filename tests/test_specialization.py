@@ -181,7 +181,14 @@ def test_specialize_synth_runs_end_to_end(tmp_path):
         ("specialize.heldout_split=train", "specialize.heldout_split='train' is invalid"),
         ("specialize.heldout_split=val", "specialize.heldout_split='val' is invalid"),
         ("specialize.groups=[disc_bar,bar_triangle]", "specialize.groups=['disc_bar'"),
-        ("stages=[classifier,evaluate,groups,masks,specialize]", "needs 'groups', 'masks' and"),
+        (
+            "stages=[classifier,evaluate,groups,masks,specialize]",
+            "'specialize' needs ['summaries']",
+        ),
+        (
+            "stages=[classifier,evaluate,masks,summaries,groups,specialize]",
+            "needs 'groups', 'masks' and",
+        ),
         ("specialize.seeds=[]", "specialize.seeds=[] is invalid"),
         ("specialize.group_size=1", "specialize.group_size=1 is out of range"),
     ],

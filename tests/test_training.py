@@ -15,6 +15,7 @@ from vislight.data.datamodule import SynthDataModule
 from vislight.data.synth import WorldConfig
 from vislight.models import build_classifier, load_state_dict_file
 from vislight.pipeline import run
+from vislight.run_folder import RunFolder
 from vislight.training.fit import classifier_cache_key, fit_or_load_classifier
 from vislight.training.module import ClassifierModule
 
@@ -92,7 +93,12 @@ def resumed(tmp_path_factory):
     clf = build_classifier(small_cnn_cfg("resnet_small", num_classes=3, width=8))
     log = EpochLog()
     info = fit_or_load_classifier(
-        clf, dm, TRAIN_CFG, cache, lambda cbs: _trainer(cbs + [log], 2, root), root / "out"
+        clf,
+        dm,
+        TRAIN_CFG,
+        cache,
+        lambda cbs: _trainer(cbs + [log], 2, root),
+        RunFolder(root / "out"),
     )
     return {"root": root, "cache": cache, "dm": dm, "clf": clf, "info": info, "log": log}
 
@@ -129,7 +135,7 @@ def test_a_resumed_training_learns_the_uninterrupted_weights(tmp_path):
         torch.manual_seed(seed)  # a fresh process: the global RNG is anywhere
         dm = _tiny_datamodule(per_class=12, batch_size=4)
         factory = lambda cbs: _trainer([*cbs, *extra], 3, tmp_path)  # noqa: E731
-        fit_or_load_classifier(clf, dm, cfg, cache, factory, tmp_path / "out")
+        fit_or_load_classifier(clf, dm, cfg, cache, factory, RunFolder(tmp_path / "out"))
         return clf.net.state_dict()
 
     reference = train(tmp_path / "ref")
@@ -152,7 +158,7 @@ def test_cache_hit_reloads_identical_weights(resumed, tmp_path):
         raise AssertionError("a cache hit must not build a Trainer")
 
     info = fit_or_load_classifier(
-        fresh, resumed["dm"], TRAIN_CFG, resumed["cache"], no_training, tmp_path / "out"
+        fresh, resumed["dm"], TRAIN_CFG, resumed["cache"], no_training, RunFolder(tmp_path / "out")
     )
     assert info["reused"] is True and info["trained"] is False
     assert info["val_acc"] == resumed["info"]["val_acc"]
@@ -172,7 +178,7 @@ def test_force_retrains(resumed, tmp_path):
         {**TRAIN_CFG, "epochs": 1, "force": True},
         tmp_path / "cache",
         lambda cbs: _trainer(cbs + [log], 1, tmp_path),
-        tmp_path / "out",
+        RunFolder(tmp_path / "out"),
     )
     assert info["trained"] is True and info["resumed"] is False and log.started == [0]
     # A stale half-finished training is not resumed when force is set.
@@ -185,7 +191,7 @@ def test_force_retrains(resumed, tmp_path):
         {**TRAIN_CFG, "epochs": 1, "force": True},
         tmp_path / "cache",
         lambda cbs: _trainer(cbs + [log], 1, tmp_path),
-        tmp_path / "out",
+        RunFolder(tmp_path / "out"),
     )
     assert info["trained"] is True and info["resumed"] is False and log.started == [0]
 

@@ -9,8 +9,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = PROJECT_ROOT / "conf"
+# The configs ship inside the package (``vislight/conf``; the checkout's ``conf/`` links to it).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+# Where run folders (``outputs/``) and caches (``.cache/``) go by default: the checkout's root in a
+# source tree (editable install), the current folder when vislight is installed as a library.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def run_stamp() -> str:
@@ -32,3 +36,12 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
+
+
+def __getattr__(name: str):
+    """``vislight.explain`` and ``vislight.Explanation`` (the Python API, imported on first use)."""
+    if name in ("explain", "Explanation"):
+        from vislight import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'vislight' has no attribute {name!r}")

@@ -17,7 +17,7 @@ plot are logged to an offline run of their own (job type ``comparison``).
 from __future__ import annotations
 
 import argparse
-import html
+import io
 import json
 import logging
 import math
@@ -25,11 +25,12 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from vislight.io import write_json, write_text
+from vislight.io import atomic_write, write_json, write_text
+from vislight.report.render import fmt, render
+from vislight.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +45,29 @@ COLUMNS = (
     ("masked", "masked images"),
     ("explained_classes", "classes with masks"),
 )
-REPORT_MARK = "<!-- vislight:comparison -->"
+REPORT_MARK = "<!-- vislight:comparison -->"  # left by vislight/report/templates/index.html.j2
 
 
 def collect_rows(root: str | Path) -> list[dict]:
     """One row per job folder under ``root`` holding a ``metrics.json`` (job order, then name)."""
     root = Path(root)
-    files = sorted(
-        (p for p in root.rglob("metrics.json") if "wandb" not in p.parts),
-        key=lambda p: (not p.parent.name.isdigit(), int(p.parent.name) if p.parent.name.isdigit() else 0, str(p)),
+    runs = sorted(
+        RunFolder.find_runs(root),
+        key=lambda r: (not r.root.name.isdigit(), int(r.root.name) if r.root.name.isdigit() else 0, str(r.root)),
     )  # fmt: skip
     rows = []
-    for f in files:
+    for run in runs:
+        f = run.metrics
         try:
             m = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError) as e:
             log.warning("skipping %s: %s", f, e)
             continue
         classes = m.get("classes") or {}
-        report = f.parent / "report" / "index.html"
+        report = run.report_index
         rows.append(
             {
-                "job": str(f.parent.relative_to(root)) if f.parent != root else ".",
+                "job": str(run.root.relative_to(root)) if run.root != root else ".",
                 "model": m.get("model"),
                 "dataset": m.get("dataset"),
                 "accuracy": m.get("accuracy"),
@@ -104,14 +106,6 @@ def correlation(xs: Sequence[float | None], ys: Sequence[float | None], kind: st
     return {"r": None if math.isnan(r) else r, "p": None if math.isnan(p) else p, "n": n}
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def _corr_text(name: str, c: Mapping) -> str:
     if c.get("r") is None:
         return f"{name}: undefined ({c.get('reason')})"
@@ -143,16 +137,17 @@ def plot(rows: Sequence[Mapping], spearman: Mapping, pearson: Mapping, path: Pat
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()  # rendered first: a failed write is then a plain OSError
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    data = buf.getvalue()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _markdown(rows: Sequence[Mapping], spearman: Mapping, pearson: Mapping) -> str:
     head = "| " + " | ".join(label for _, label in COLUMNS) + " |"
     sep = "|" + "---|" * len(COLUMNS)
-    body = ["| " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
     return "\n".join(
         [
             "# Architectures compared by their summaries",
@@ -174,28 +169,21 @@ def _markdown(rows: Sequence[Mapping], spearman: Mapping, pearson: Mapping) -> s
 
 
 def _html(rows: Sequence[Mapping], spearman: Mapping, pearson: Mapping) -> str:
-    e = html.escape
-    cells = []
-    for r in rows:
-        model = e(str(r["model"]))
-        if r.get("report"):
-            model = f"<a href='{e(r['report'])}'>{model}</a>"
-        cells.append(
-            "<tr><td>"
-            + model
-            + "</td>"
-            + "".join(f"<td>{e(_fmt(r.get(k)))}</td>" for k, _ in COLUMNS[1:])
-            + "</tr>"
-        )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>vislight: comparison</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
-        "</style></head><body><h1>Architectures compared by their summaries</h1><table><tr>"
-        + "".join(f"<th>{e(label)}</th>" for _, label in COLUMNS)
-        + "</tr>"
-        + "".join(cells)
-        + f"</table><p>{e(_corr_text('Spearman', spearman))}; {e(_corr_text('Pearson', pearson))}</p>"
-        "<img src='comparison.png' alt='accuracy vs summaries per class'></body></html>"
+    """``comparison.html``: the table (each model linked to its job's report), the correlations
+    and the plot (template ``vislight/report/templates/comparison.html.j2``)."""
+    return render(
+        "comparison.html.j2",
+        labels=[label for _, label in COLUMNS],
+        rows=[
+            {
+                "model": r["model"],
+                "report": r.get("report"),
+                "cells": [r.get(k) for k, _ in COLUMNS[1:]],
+            }
+            for r in rows
+        ],
+        spearman=_corr_text("Spearman", spearman),
+        pearson=_corr_text("Pearson", pearson),
     )
 
 
@@ -210,7 +198,7 @@ def _link_reports(root: Path, rows: Sequence[Mapping]) -> None:
         if REPORT_MARK not in text:
             continue
         rel = os.path.relpath(target, page.parent)
-        link = f"<p class='meta'>Compared with the other jobs of this sweep: <a href='{html.escape(rel)}'>comparison</a></p>"
+        link = render("comparison_link.html.j2", href=rel)
         write_text(page, text.replace(REPORT_MARK, REPORT_MARK + link, 1))
 
 

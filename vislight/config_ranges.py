@@ -120,6 +120,8 @@ RANGES: dict[str, Range] = {
     # CUB class ids / ImageNet indices; strings are folder names, synset ids or ImageNet names.
     "data.classes[]": _int(0, strings=True),
     "data.label_map.*": COUNT0,  # class -> label of the explained model
+    # keyword arguments of a timm / custom network's factory: the factory checks them
+    "model.kwargs.*": Range(nullable=True, strings=True),
     "data.max_per_class": _int(1, nullable=True),  # null = every file
     "data.max_pixels": _int(1, nullable=True),  # decompression-bomb limit; null = no limit
     # model: the explained network (conf/model/*.yaml).
@@ -186,9 +188,9 @@ RANGES: dict[str, Range] = {
     "cluster.outlier_ratio": SHARE,
     "cluster.merge_ratio": POSITIVE,  # > 1: never merge
     "cluster.merge_max_side_by_side": Range(0, None, integer=True, nullable=True),
-    "cluster.tag_min_share": SHARE,
-    "cluster.keypoint_margin": SHARE,  # image sides
-    "cluster.needed_drop": SHARE,  # a drop of class probability
+    "tagging.tag_min_share": SHARE,
+    "tagging.keypoint_margin": SHARE,  # image sides
+    "tagging.needed_drop": SHARE,  # a drop of class probability
     "cluster.stability_resamples": COUNT0,  # 0 = off
     "cluster.stability_fraction": Range(0, 1, lower_open=True),
     # report: the static HTML report (conf/report/default.yaml).

@@ -27,6 +27,7 @@ from vislight.data.folder import (
 from vislight.data.imagenet import check_synset_folder, imagenet_classes, resolve_classes
 from vislight.data.synth import WorldConfig, class_designs
 from vislight.data.synth_dataset import SynthPartDataset
+from vislight.errors import ConfigError
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -219,6 +220,30 @@ class FolderDataModule(ClassificationDataModule):
             )
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._dataset(self.root / "test" if has_splits else self.root)
+
+
+def check_data_root(cfg: Mapping) -> None:
+    """Data read from files (``data.kind`` folder, csv, cub, imagenet) needs an existing
+    ``data.root`` (for ImageNet: the synset folder of every requested class); raises
+    :class:`~vislight.errors.ConfigError` naming the key and an example."""
+    kind = cfg.get("kind")
+    if kind not in ("folder", "csv", "cub", "imagenet"):
+        return
+    root = cfg.get("root")
+    if not root:
+        example = (
+            "/path/to/ILSVRC2012/val (a folder of ImageNet synset folders n01440764/ ...)"
+            if kind == "imagenet"
+            else IMAGE_FOLDER_EXAMPLE
+        )
+        raise ConfigError(f"data.root is not set: pass data.root={example}")
+    try:
+        if kind == "imagenet":
+            check_synset_folder(root, resolve_classes(cfg.get("classes") or range(1000)))
+        else:
+            require_folder(root, "data.root", IMAGE_FOLDER_EXAMPLE)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_datamodule(

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vislight.interrupt import check
+from vislight.models.probe import frozen
 
 
 @torch.no_grad()
@@ -24,12 +25,10 @@ def evaluate_accuracy(
     "predictions", "labels"}`` (the last two: lists ordered by the batches' ``index``).
     The model is put in eval mode and its previous mode restored afterwards.
     """
-    was_training = model.training
-    model.eval()
     correct = total = 0
     per_class: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     by_index: dict[int, tuple[int, int]] = {}
-    try:
+    with frozen(model):
         for batch in tqdm(loader, desc="evaluate", leave=False, mininterval=1.0):
             check()  # a stop signal ends the evaluation between batches
             x, y = batch["image"].to(device), batch["label"].to(device)
@@ -42,8 +41,6 @@ def evaluate_accuracy(
             for label, h in zip(y.tolist(), hit.tolist()):
                 per_class[label][0] += int(h)
                 per_class[label][1] += 1
-    finally:
-        model.train(was_training)
     names = class_names or []
     return {
         "accuracy": correct / total if total else float("nan"),

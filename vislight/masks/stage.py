@@ -21,6 +21,7 @@ from vislight.interrupt import RunInterrupted, StopCallback
 from vislight.masks.cache import MaskCache, config_fingerprint, model_fingerprint
 from vislight.masks.module import MaskModule
 from vislight.masks.optimize import SCORING_PASSES, MaskConfig
+from vislight.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def run_masks(
     class_names: Sequence[str],
     cfg: Mapping,
     trainer_cfg: Mapping,
-    output_dir: Path,
+    run: RunFolder,
 ) -> dict:
     """Optimise (or reuse) the masks of the selected images; returns the ``mask`` metrics section
     plus ``per_class`` diagnostics and the list of mask ``files``."""
@@ -154,7 +155,7 @@ def run_masks(
         labels, predictions, class_names, cfg.get("classes"), int(cfg["images_per_class"])
     )
     cache = MaskCache(
-        Path(cfg.get("cache_dir") or Path(output_dir) / "masks"),
+        Path(cfg.get("cache_dir") or run.masks),
         model_fingerprint(classifier),
         config_fingerprint(mask_cfg),
     )

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vislight.models.probe import find_feature_layer
+
 
 class Classifier(nn.Module):
     """A network that takes images in [0, 1] and returns logits.
@@ -19,7 +21,9 @@ class Classifier(nn.Module):
         name: zoo name, e.g. ``resnet_small``.
         input_size: side of the square input in pixels.
         resize_size: shorter side to resize to before the centre crop (folder datasets), or None.
-        feature_layer: dotted name of the default layer for region descriptors (a module of ``net``).
+        feature_layer: dotted name of the default layer for region descriptors (a module of ``net``);
+            None: the last layer with a spatial output, found on first use
+            (:func:`~vislight.models.probe.find_feature_layer`).
     """
 
     def __init__(
@@ -57,7 +61,11 @@ class Classifier(nn.Module):
         return linears[-1]
 
     def feature_module(self, layer: str | None = None) -> nn.Module:
-        """The submodule of ``net`` named ``layer`` (default: :attr:`feature_layer`)."""
+        """The submodule of ``net`` named ``layer`` (default: :attr:`feature_layer`, found
+        automatically when it is None). Its output is read as a feature grid
+        (:func:`~vislight.models.probe.feature_grid`)."""
+        if not layer and not self.feature_layer:
+            self.feature_layer = find_feature_layer(self.net, self.input_size)
         layer = layer or self.feature_layer
         try:
             return self.net.get_submodule(layer)

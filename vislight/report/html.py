@@ -10,13 +10,14 @@ are listed apart, in a collapsed "Not relied on" section.
 
 Viewable from disk with no server: images are PNG files under ``report/tiles/`` and
 ``report/masks/``, referenced by relative paths; the only script is a few lines that count the
-tiles that rendered. Every user-provided string (class names, image keys, file names, config
-values) is HTML-escaped.
+tiles that rendered. The pages are Jinja2 templates (``templates/index.html.j2`` and
+``templates/masks.html.j2``, rendered by :mod:`vislight.report.render`) with autoescaping: every
+user-provided string (class names, image keys, file names, config values) is HTML-escaped as it goes
+into the page.
 """
 
 from __future__ import annotations
 
-import html
 import io
 import json
 from collections.abc import Mapping
@@ -28,39 +29,16 @@ from scipy import ndimage
 
 from vislight.io import atomic_write, write_text
 from vislight.masks.cache import MaskCache, safe_name
+from vislight.report.render import fmt, render
+from vislight.run_folder import RunFolder
 from vislight.summaries.rle import rle_decode
 from vislight.summaries.stage import HEADLINE_MEASURES
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-h1{margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ccc}
-.meta{color:#555} .summary{border:1px solid #ddd;border-radius:6px;padding:.6em;margin:.8em 0}
-.summary h3{margin:.1em 0 .4em 0;font-size:1em} .tiles{display:flex;flex-wrap:wrap;gap:4px}
-img.tile,img.whole{width:112px;height:112px;image-rendering:pixelated;border:1px solid #999}
-a.member img.whole,a.member:hover img.tile,a.member:focus img.tile{display:none}
-a.member:hover img.whole,a.member:focus img.whole{display:inline}
-details.unfaithful{margin:.8em 0} details.unfaithful>summary{cursor:pointer;color:#555}
-table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
-pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:30em}
-"""
 
 TILE_PX = 224  # side of a member crop's PNG (twice its 112-px display size)
 MIN_MARGIN = 16 / 224  # least margin around a member's box, as a fraction of the image side
 NOT_RELIED_ON = (
     "Not relied on (deleting them hurts the class no more than random regions of the same shape)"
 )
-
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return _e(value)
 
 
 def _to_uint8(image) -> np.ndarray:
@@ -139,65 +117,63 @@ def mask_tile(image: np.ndarray, sharp: np.ndarray) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
-def _skipped_section(metrics: dict) -> str:
-    """What the run left out and why: unusable input files, then images without a mask."""
-    rows = [
+def _skipped_section(metrics: Mapping) -> list[tuple[str, str]]:
+    """What the run left out and why, ``(input, reason)`` rows of the Skipped section: unusable
+    input files, then images without a mask."""
+    return [
         (s.get("file") or "", s.get("reason", ""))
         for s in metrics.get("skipped") or []
     ] + [
         (f"{s.get('class', '')} #{s['index']}" if "index" in s else s.get("class", ""), s.get("reason", ""))
         for s in (metrics.get("mask") or {}).get("skipped") or []
     ]  # fmt: skip
-    if not rows:
-        return "<h2>Skipped</h2><p class='meta'>nothing was skipped</p>"
-    body = "".join(f"<tr><td>{_e(what)}</td><td>{_e(why)}</td></tr>" for what, why in rows)
-    return (
-        f"<h2 id='skipped'>Skipped ({len(rows)})</h2>"
-        f"<table class='skipped'><tr><th>input</th><th>reason</th></tr>{body}</table>"
-    )
 
 
-def _specialization_section(metrics: dict) -> str:
-    """Held-out accuracy of the base model, the specialised model and its controls per group."""
+SPECIALIZATION_METHODS = {
+    "base": "base",
+    "specialized": "specialised",
+    "kmeans_control": "k-means control",
+    "head_control": "head fine-tuning",
+}
+
+
+def _specialization_section(metrics: Mapping) -> dict | None:
+    """The Specialisation section: held-out accuracy of the base model, the specialised model and
+    its controls per group (``None``: no section)."""
     spec = metrics.get("specialization")
     if not spec or not spec.get("groups"):
-        return ""
+        return None
 
     def cell(v) -> str:
-        return f"{_fmt(v['mean'])} ± {_fmt(v['std'])}" if isinstance(v, dict) else _fmt(v)
+        return f"{fmt(v['mean'])} ± {fmt(v['std'])}" if isinstance(v, dict) else fmt(v)
 
-    names = {
-        "base": "base",
-        "specialized": "specialised",
-        "kmeans_control": "k-means control",
-        "head_control": "head fine-tuning",
-    }
-    methods = tuple(names)
-    head = "".join(f"<th>{names[m]}</th>" for m in methods)
-    rows = [
-        f"<tr><td>{_e(', '.join(g['classes']))}</td><td>{g.get('prototypes', '')}</td>"
-        f"<td>{g.get('heldout_images', '')}</td>"
-        + "".join(f"<td>{cell(g.get(m))}</td>" for m in methods)
-        + "</tr>"
-        for g in spec["groups"]
-    ]
+    def cells(row: Mapping) -> list[str]:
+        return [cell(row.get(m)) for m in SPECIALIZATION_METHODS]
+
     total = spec.get("overall") or {}
-    if "specialized" in total:
-        rows.append(
-            f"<tr><td><b>all groups</b></td><td></td><td>{total['heldout_images']}</td>"
-            + "".join(f"<td><b>{cell(total.get(m))}</b></td>" for m in methods)
-            + "</tr>"
-        )
-    return (
-        f"<h2 id='specialization'>Specialisation (held-out {_e(spec.get('heldout_split'))} "
-        f"accuracy within each group; mean ± std over seeds {_e(spec.get('seeds'))})</h2>"
-        f"<table><tr><th>group</th><th>prototypes</th><th>images</th>{head}</tr>"
-        + "".join(rows)
-        + "</table>"
-    )
+    return {
+        "split": spec.get("heldout_split"),
+        "seeds": spec.get("seeds"),
+        "columns": list(SPECIALIZATION_METHODS.values()),
+        "groups": [
+            {
+                "classes": ", ".join(g["classes"]),
+                "prototypes": g.get("prototypes", ""),
+                "images": g.get("heldout_images", ""),
+                "cells": cells(g),
+            }
+            for g in spec["groups"]
+        ],
+        "total": (
+            {"images": total["heldout_images"], "cells": cells(total)}
+            if "specialized" in total
+            else None
+        ),
+    }
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
+    """Write ``arr`` as a PNG atomically (encoded first, then a temporary file and a rename)."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     data = buf.getvalue()
@@ -206,22 +182,26 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 def _summary_block(
     report: Path, stem: str, number: int, summary: Mapping, image_of, max_members: int
-) -> tuple[str, list[np.ndarray]]:
-    """The HTML of one summary and its member crops, (TILE_PX, TILE_PX, 3) uint8 each.
+) -> tuple[dict, list[np.ndarray]]:
+    """What the page shows of one summary (for the ``summary_block`` macro of ``index.html.j2``)
+    and its member crops, (TILE_PX, TILE_PX, 3) uint8 each.
 
     Writes, per shown member ``j``, ``{stem}_m{j}.png`` (the crop) and ``{stem}_m{j}_full.png``
     (the whole image), ``stem`` relative to ``report``.
     """
     faith = summary.get("faithfulness") or {}
-    head = [f"summary {number}"]
+    block = {
+        "number": number,
+        "support": summary["support"],
+        "coherence": summary["coherence"],
+        "ratio": faith.get("ratio"),
+        "drop": faith.get("drop"),
+        "random_drop": faith.get("random_drop"),
+        "members": [],
+    }
     if "tag" in summary:
-        head.append(f"tag <b>{_e(summary['tag'])}</b> (purity {_fmt(summary.get('purity'), 2)})")
-    head += [
-        f"support {_e(summary['support'])}",
-        f"coherence {_fmt(summary['coherence'])}",
-        f"faithfulness {_fmt(faith.get('ratio'), 2)} (drop {_fmt(faith.get('drop'), 2)} vs random {_fmt(faith.get('random_drop'), 2)})",
-    ]
-    tiles = []
+        block["tag"] = summary["tag"]
+        block["purity"] = summary.get("purity")
     crops = []
     for j, m in enumerate(typical_first(summary)[:max_members]):
         image, region = image_of(int(m["index"])), rle_decode(m["mask_rle"])
@@ -232,17 +212,12 @@ def _summary_block(
         caption = f"{m['key']} · sim {m['similarity']:.2f} · drop {m['drop']:.2f}" + (
             f" · {m['tag']}" if "tag" in m else ""
         )
-        tiles.append(
-            f"<a class='member' href='{_e(full_rel)}' title='{_e(caption + ' (hover or click: whole image)')}'>"
-            f"<img class='tile' src='{_e(crop_rel)}' alt='{_e(caption)}'>"
-            f"<img class='whole' src='{_e(full_rel)}' alt='{_e(caption + ' (whole image)')}'></a>"
-        )
-    block = f"<div class='summary'><h3>{' · '.join(head)}</h3><div class='tiles'>{''.join(tiles)}</div></div>"
+        block["members"].append({"crop": crop_rel, "full": full_rel, "caption": caption})
     return block, crops
 
 
 def write_report(
-    output_dir: Path,
+    run: RunFolder,
     dataset,
     summaries: Mapping,
     metrics: Mapping,
@@ -262,36 +237,27 @@ def write_report(
         metrics: the content of ``metrics.json``.
         mask_files: per class, ``(index, mask file)`` of the explained images (masks view).
     """
-    report = Path(output_dir) / "report"
+    report = run.report
     report.mkdir(parents=True, exist_ok=True)
     classes = metrics.get("classes", {})
     title = f"vislight: {metrics.get('model')} on {metrics.get('dataset')}"
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        "<p class='meta'>"
-        f"accuracy {_fmt(metrics.get('accuracy'), 4)} · summaries per class {_fmt(metrics.get('mean_summaries'), 2)} · "
-        f"mean purity {_fmt(metrics.get('mean_purity'))} · background share {_fmt(metrics.get('background_share'))} · "
-        f"part recall {_fmt(metrics.get('part_recall'))} · mean faithfulness ratio {_fmt(metrics.get('mean_faithfulness_ratio'))}"
-        " · <a href='masks.html'>per-image masks</a></p>",
-        "<!-- vislight:comparison -->",  # vislight.compare links its comparison here
+    headline = [  # (label, value, decimals)
+        ("accuracy", metrics.get("accuracy"), 4),
+        ("summaries per class", metrics.get("mean_summaries"), 2),
+        ("mean purity", metrics.get("mean_purity"), 3),
+        ("background share", metrics.get("background_share"), 3),
+        ("part recall", metrics.get("part_recall"), 3),
+        ("mean faithfulness ratio", metrics.get("mean_faithfulness_ratio"), 3),
     ]
-    baselines = metrics.get("baselines") or {}
-    if baselines:
-        keys = HEADLINE_MEASURES
-        rows = [("vislight", metrics)] + list(baselines.items())
-        parts.append(
-            "<h2>Against baselines</h2><table><tr><th>method</th>"
-            + "".join(f"<th>{_e(k)}</th>" for k in keys)
-            + "</tr>"
-        )
-        for name, m in rows:
-            parts.append(
-                f"<tr><td>{_e(name)}</td>"
-                + "".join(f"<td>{_fmt(m.get(k))}</td>" for k in keys)
-                + "</tr>"
-            )
-        parts.append("</table>")
+    baselines = None
+    if metrics.get("baselines"):
+        baselines = {
+            "columns": HEADLINE_MEASURES,
+            "rows": [
+                (name, [m.get(k) for k in HEADLINE_MEASURES])
+                for name, m in [("vislight", metrics), *metrics["baselines"].items()]
+            ],
+        }
     image_cache: dict[int, np.ndarray] = {}
     mosaics: list[tuple[str, int, Path]] = []
     mask_pngs: list[Path] = []
@@ -301,25 +267,24 @@ def write_report(
             image_cache[index] = _to_uint8(dataset[index]["image"])
         return image_cache[index]
 
+    sections = []
     for class_name, class_summaries in summaries.get("classes", {}).items():
         cm = classes.get(class_name, {})
         folder = safe_name(class_name)
-        parts.append(f"<h2>{_e(class_name)}</h2>")
         facts = [
             f"{len(class_summaries)} summaries",
             f"{cm.get('images', '–')} images",
             f"{cm.get('regions', '–')} regions",
         ]
         if cm.get("needed_parts") is not None:
-            facts.append("needed parts: " + (_e(", ".join(cm["needed_parts"])) or "none"))
+            facts.append("needed parts: " + (", ".join(cm["needed_parts"]) or "none"))
         if cm.get("found_parts") is not None:
-            facts.append("parts found: " + (_e(", ".join(cm["found_parts"])) or "none"))
+            facts.append("parts found: " + (", ".join(cm["found_parts"]) or "none"))
         # relied-on summaries first, each group by support; numbered in that order
         ordered = sorted(class_summaries, key=lambda s: (not is_relied_on(s), -s["support"]))
         unfaithful = sum(not is_relied_on(s) for s in ordered)
         if unfaithful:
             facts.append(f"{unfaithful} not relied on")
-        parts.append(f"<p class='meta'>{' · '.join(facts)}</p>")
         blocks = []
         for k, s in enumerate(ordered):
             stem = f"tiles/{folder}/s{k:03d}"
@@ -329,53 +294,41 @@ def write_report(
                 mosaic = report / f"{stem}_mosaic.png"
                 _save(mosaic, np.concatenate(crops, axis=1))
                 mosaics.append((class_name, k + 1, mosaic))
-        parts += blocks[: len(ordered) - unfaithful]
-        if unfaithful:
-            parts.append(
-                f"<details class='unfaithful'><summary>{_e(NOT_RELIED_ON)}: {unfaithful} "
-                f"{'summary' if unfaithful == 1 else 'summaries'}</summary>"
-                + "".join(blocks[len(ordered) - unfaithful :])
-                + "</details>"
-            )
-    parts.append(_specialization_section(metrics))
-    parts.append(_skipped_section(metrics))
-    parts.append(
-        "<h2>Metrics</h2><pre>" + _e(json.dumps(metrics, indent=2, default=str)) + "</pre>"
+        relied = len(ordered) - unfaithful
+        sections.append(
+            {
+                "name": class_name,
+                "facts": facts,
+                "relied": blocks[:relied],
+                "apart": blocks[relied:],
+            }
+        )
+    index_file = run.report_index
+    page = render(
+        "index.html.j2",
+        title=title,
+        headline=headline,
+        baselines=baselines,
+        classes=sections,
+        not_relied_on=NOT_RELIED_ON,
+        specialization=_specialization_section(metrics),
+        skipped=_skipped_section(metrics),
+        metrics_json=json.dumps(metrics, indent=2, default=str),
+        config_yaml=config_yaml,
     )
-    parts.append("<h2>Config</h2><pre>" + _e(config_yaml) + "</pre>")
-    # How many member images actually rendered (for people, and for the headless-browser test):
-    # crops loaded, crops shown (not in a collapsed section), whole images loaded.
-    parts.append(
-        "<p class='meta'>member crops loaded: <span id='tiles-loaded'>?</span>, shown: "
-        "<span id='tiles-shown'>?</span>; whole images loaded: <span id='whole-loaded'>?</span></p>"
-        "<script>window.addEventListener('load',()=>{"
-        "const ok=i=>i.complete&&i.naturalWidth>0,all=s=>[...document.querySelectorAll(s)],"
-        "put=(id,n)=>{document.getElementById(id).textContent=String(n);};"
-        "put('tiles-loaded',all('img.tile').filter(ok).length);"
-        "const shown=i=>(i.checkVisibility?.()??true)&&i.getBoundingClientRect().width>0;"
-        "put('tiles-shown',all('img.tile').filter(i=>ok(i)&&shown(i)).length);"
-        "put('whole-loaded',all('img.whole').filter(ok).length);});</script></body></html>"
-    )
-    index_file = report / "index.html"
-    write_text(index_file, "\n".join(parts))
+    write_text(index_file, page)
 
-    mparts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}: masks</title><style>{CSS}</style></head><body>",
-        f"<h1>{_e(title)}: masks</h1><p><a href='index.html'>summaries</a></p>",
-    ]
+    mask_sections = []
     for class_name, items in (mask_files or {}).items():
         folder = safe_name(class_name)
-        mparts.append(f"<h2>{_e(class_name)}</h2><div class='tiles'>")
+        tiles = []
         for j, (image_index, path) in enumerate(items[:max_masks]):
             d = MaskCache.read(Path(path))
             rel = f"masks/{folder}/{j:04d}.png"
             _save(report / rel, mask_tile(image_of(int(image_index)), d["sharp"]))
             mask_pngs.append(report / rel)
             caption = f"{d.get('key', image_index)} · drop {d.get('drop', float('nan')):.2f} · area {d.get('area', float('nan')):.2f}"
-            mparts.append(
-                f"<img class='tile mask' src='{_e(rel)}' alt='{_e(caption)}' title='{_e(caption)}'>"
-            )
-        mparts.append("</div>")
-    mparts.append("</body></html>")
-    write_text(report / "masks.html", "\n".join(mparts))
+            tiles.append({"src": rel, "caption": caption})
+        mask_sections.append({"name": class_name, "tiles": tiles})
+    write_text(run.report_masks, render("masks.html.j2", title=title, classes=mask_sections))
     return {"index": index_file, "mosaics": mosaics, "masks": mask_pngs}

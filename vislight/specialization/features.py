@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from vislight.interrupt import check
+from vislight.models.probe import FeatureHook, frozen
 
 
 @torch.no_grad()
@@ -29,26 +30,20 @@ def collect_features(
     """
     head = classifier.head()
     grabbed: dict[str, torch.Tensor] = {}
-    hooks = [
-        layer.register_forward_hook(lambda m, i, o: grabbed.__setitem__("maps", o)),
-        head.register_forward_pre_hook(lambda m, i: grabbed.__setitem__("pooled", i[0])),
-    ]
+    hook = head.register_forward_pre_hook(lambda m, i: grabbed.__setitem__("pooled", i[0]))
     out: dict[str, list[torch.Tensor]] = {"maps": [], "pooled": [], "logits": [], "labels": []}
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False)
-    was_training = classifier.training
-    classifier.eval()
     try:
-        for batch in tqdm(loader, desc=desc, leave=False, mininterval=1.0):
-            check()
-            logits = classifier(batch["image"].to(device))
-            out["maps"].append(grabbed["maps"].float().cpu())
-            out["pooled"].append(grabbed["pooled"].flatten(1).float().cpu())
-            out["logits"].append(logits.float().cpu())
-            out["labels"].append(torch.as_tensor(batch["label"]))
+        with frozen(classifier), FeatureHook(layer) as maps:
+            for batch in tqdm(loader, desc=desc, leave=False, mininterval=1.0):
+                check()
+                logits = classifier(batch["image"].to(device))
+                out["maps"].append(maps.output.float().cpu())
+                out["pooled"].append(grabbed["pooled"].flatten(1).float().cpu())
+                out["logits"].append(logits.float().cpu())
+                out["labels"].append(torch.as_tensor(batch["label"]))
     finally:
-        for h in hooks:
-            h.remove()
-        classifier.train(was_training)
+        hook.remove()
     result = {k: torch.cat(v) for k, v in out.items()}
     result["indices"] = torch.as_tensor(list(indices))
     return result

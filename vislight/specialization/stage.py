@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vislight.interrupt import StopCallback, check
+from vislight.models.probe import frozen
 from vislight.specialization.features import collect_features
 from vislight.specialization.groups import confused_groups, soft_confusion
 from vislight.specialization.module import SpecializationModule
@@ -62,10 +63,11 @@ def choose_groups(
     """The ``num_groups`` groups of ``group_size`` classes the classifier confuses most on
     ``dataset`` (soft confusion). Returns ``(groups, confusion)``."""
     probs, labels = [], []
-    for batch in DataLoader(dataset, batch_size=64, shuffle=False):
-        check()
-        probs.append(classifier(batch["image"].to(device)).softmax(1).float().cpu())
-        labels.append(torch.as_tensor(batch["label"]))
+    with frozen(classifier):
+        for batch in DataLoader(dataset, batch_size=64, shuffle=False):
+            check()
+            probs.append(classifier(batch["image"].to(device)).softmax(1).float().cpu())
+            labels.append(torch.as_tensor(batch["label"]))
     conf = soft_confusion(torch.cat(probs).numpy(), torch.cat(labels).numpy(), num_classes)
     return confused_groups(conf, num_groups, group_size), conf
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
-from vislight.regions.describe import FeatureHook
+from vislight.models.probe import FeatureHook
 
 BASELINES = ("gradcam", "random", "kmeans")
 

@@ -76,8 +76,8 @@ def class_regions(
     """The class's RegionSet, read from ``cache_dir/<source>/<class>.npz`` when it was made under
     the same key, else collected (and cached)."""
     layer = cfg["similarity"].get("layer")
-    margin = float(cfg["cluster"].get("keypoint_margin", 0.04))
-    min_share = float(cfg["cluster"]["tag_min_share"])
+    margin = float(cfg["tagging"]["keypoint_margin"])
+    min_share = float(cfg["tagging"]["tag_min_share"])
     key = region_key(items, cfg["regions"], layer, cfg["masks"], source, margin, min_share)
     path = Path(cache_dir) / source / f"{safe_name(class_name)}.npz" if cache_dir else None
     if path is not None and (cached := RegionSet.load(path, key)) is not None:
@@ -121,7 +121,7 @@ def summarize_class(
     if len(regions) < 2:
         metrics["summaries"] = 0
         metrics.update(
-            _part_metrics(classifier, dataset, regions, [], cfg["cluster"], device, needed)
+            _part_metrics(classifier, dataset, regions, [], cfg["tagging"], device, needed)
         )
         return [], metrics
     if clustering is None:
@@ -142,7 +142,7 @@ def summarize_class(
             np.mean([m["on_object"] for e in out for m in e["members"]])
         )
     metrics.update(literature_measures(regions, clustering.summaries, out))
-    metrics.update(_part_metrics(classifier, dataset, regions, out, cfg["cluster"], device, needed))
+    metrics.update(_part_metrics(classifier, dataset, regions, out, cfg["tagging"], device, needed))
     return out, metrics
 
 
@@ -301,7 +301,7 @@ def _part_metrics(
     dataset,
     regions: RegionSet,
     summaries: list[dict],
-    cluster_cfg: Mapping,
+    tagging_cfg: Mapping,
     device,
     needed: Mapping | None = None,
 ) -> dict:
@@ -320,7 +320,7 @@ def _part_metrics(
         reliance = part_reliance(
             classifier, dataset, regions.image_indices.tolist(), regions.target, candidates, device
         )
-        parts = sorted(p for p, d in reliance.items() if d >= float(cluster_cfg["needed_drop"]))
+        parts = sorted(p for p, d in reliance.items() if d >= float(tagging_cfg["needed_drop"]))
     return {"part_drops": reliance, "needed_parts": parts} | class_tagging(
         [(e["tag"], e["purity"]) for e in summaries], parts
     )

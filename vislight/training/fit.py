@@ -19,6 +19,7 @@ from vislight.io import save_torch, write_json
 from vislight.models.classifier import Classifier
 from vislight.models.registry import load_state_dict_file
 from vislight.models.small_cnns import SMALL_CNNS
+from vislight.run_folder import RunFolder
 from vislight.training.module import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def fit_or_load_classifier(
     train_cfg: Mapping,
     cache_dir: Path,
     trainer_factory,
-    output_dir: Path,
+    run: RunFolder,
 ) -> dict:
     """Load the cached weights for this config into ``classifier``, or train it and cache them.
 
@@ -86,7 +87,7 @@ def fit_or_load_classifier(
     ``classifier.pt`` (a plain state dict, loaded with ``weights_only=True``), ``meta.json`` and,
     during training, Lightning's ``last.ckpt`` so that an interrupted training resumes from its last
     finished epoch. ``trainer_factory(callbacks)`` makes the Trainer. The weights are copied to
-    ``output_dir/classifier.ckpt``. Returns facts for ``metrics.json``.
+    the run folder (``classifier.ckpt``). Returns facts for ``metrics.json``.
     """
     cache_dir = Path(cache_dir)
     weights = cache_dir / "classifier.pt"
@@ -151,7 +152,7 @@ def fit_or_load_classifier(
             train_seconds=seconds,
             val_acc=val_acc,
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    run.root.mkdir(parents=True, exist_ok=True)
     if global_rank() == 0:
-        shutil.copyfile(weights, output_dir / "classifier.ckpt")
+        shutil.copyfile(weights, run.classifier)
     return info

@@ -1,0 +1,128 @@
+"""Reading a network's features: one hook, one grid convention, one automatic layer choice.
+
+Every consumer of intermediate features (region descriptors, Grad-CAM, specialised heads) sees a
+feature *grid* ``(B, C, h, w)``, whatever the architecture:
+
+* convolutional outputs ``(B, C, h, w)`` are used as they are;
+* transformer token outputs ``(B, T, C)`` drop their prefix tokens (class and register tokens:
+  the ``T - s*s`` first ones, where ``s*s`` is the largest square <= T) and become ``(B, C, s, s)``;
+* a tuple or list output uses its first element.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+MAX_PREFIX_TOKENS = 8
+
+
+def grid_side(tokens: int) -> int | None:
+    """Side ``s`` of the patch grid in a sequence of ``tokens`` (``s*s`` patches after at most
+    :data:`MAX_PREFIX_TOKENS` prefix tokens), or None when the sequence is not a patch grid."""
+    side = math.isqrt(tokens)
+    return side if side >= 2 and tokens - side * side <= MAX_PREFIX_TOKENS else None
+
+
+def feature_grid(output) -> torch.Tensor:
+    """A module's output as a feature grid: (B, C, h, w).
+
+    Raises:
+        ValueError: when the output is neither a (B, C, h, w) map nor a (B, T, C) token sequence
+            whose last T' = s*s tokens form a square patch grid.
+    """
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    if not torch.is_tensor(output):
+        raise ValueError(f"the feature layer returns {type(output).__name__}, not a tensor")
+    if output.dim() == 4:
+        return output
+    if output.dim() == 3:
+        b, t, c = output.shape
+        side = grid_side(t)
+        if side is not None:
+            return output[:, t - side * side :].transpose(1, 2).reshape(b, c, side, side)
+    raise ValueError(
+        f"the feature layer's output has shape {tuple(output.shape)}: it needs a spatial map "
+        "(B, C, h, w) or patch tokens (B, T, C). Choose another layer with model.feature_layer "
+        "(null picks the last spatial one automatically)"
+    )
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode without gradients inside the block; its mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+class FeatureHook:
+    """Captures the feature grid of ``module`` on every forward (a context manager).
+
+    ``output`` is the (B, C, h, w) grid of the last forward (see :func:`feature_grid`); it keeps
+    its autograd graph, so Grad-CAM can differentiate through it.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module, self.output, self._h = module, None, None
+
+    def __enter__(self) -> FeatureHook:
+        self._h = self.module.register_forward_hook(
+            lambda m, i, o: setattr(self, "output", feature_grid(o))
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._h.remove()
+
+
+def _is_grid(output) -> bool:
+    if isinstance(output, (tuple, list)):
+        output = output[0] if output else None
+    if not torch.is_tensor(output):
+        return False
+    if output.dim() == 4:
+        return output.shape[-1] * output.shape[-2] > 1
+    return output.dim() == 3 and grid_side(output.shape[1]) is not None
+
+
+def find_feature_layer(net: nn.Module, input_size: int) -> str:
+    """The name of the last module of ``net`` whose output is a spatial feature grid (the last
+    feature map before global pooling; for a vision transformer, the last token sequence).
+
+    One forward pass of a (1, 3, input_size, input_size) zero image, with a hook on every named
+    module; a container finishes after its children, so the outermost module wins a tie.
+
+    Raises:
+        ValueError: when no module of ``net`` outputs a feature grid.
+    """
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, i, o, name=name: order.append(name) if _is_grid(o) else None
+        )
+        for name, m in net.named_modules()
+        if name
+    ]
+    try:
+        with frozen(net):
+            device = next((p.device for p in net.parameters()), torch.device("cpu"))
+            net(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise ValueError(
+            "found no layer with a spatial output (B, C, h, w) or patch tokens (B, T, C): set "
+            "model.feature_layer to the name of the layer whose features describe regions"
+        )
+    return order[-1]
