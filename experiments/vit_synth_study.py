@@ -40,20 +40,12 @@ def main() -> None:
     for name, experiment in JOBS.items():
         run_dir = RUNS / name
         metrics, wall = run_job(run_dir, [experiment])
-        config = (run_dir / "config.yaml").read_text()
         models[name] = {
             "job": f"python -m vislight {experiment}",
             "wall_seconds": round(wall, 1),
             "timings": metrics["timings"],
             "classifier": metrics.get("classifier"),
-            "feature_layer": next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in config.splitlines()
-                    if line.startswith("  feature_layer:")
-                ),
-                None,
-            ),  # fmt: skip
+            "feature_layer": metrics.get("feature_layer"),
             "mask_schedule": schedule_of(run_dir),
             **{k: metrics.get(k) for k in KEYS},
             "classes": {

@@ -197,6 +197,8 @@ def stage_summaries(ctx: RunContext) -> None:
     for name, values in metrics.pop("classes").items():
         ctx.metrics.setdefault("classes", {}).setdefault(name, {}).update(values)
     ctx.metrics.update(metrics)
+    # the layer the region descriptors read (found automatically when the config leaves it null)
+    ctx.metrics["feature_layer"] = ctx.cfg.similarity.get("layer") or ctx.classifier.feature_layer
     log.info(
         "summaries: mean %.2f per class, mean purity %s, background share %s, part recall %s",
         metrics["mean_summaries"],
