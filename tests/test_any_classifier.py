@@ -183,6 +183,7 @@ def test_a_vision_transformer_runs_every_stage(tmp_path):
     )  # fmt: skip
     metrics = run(cfg)
     assert metrics["classifier"]["trained"] and metrics["model"] == "vit_tiny"
+    assert metrics["feature_layer"] == "norm"  # found automatically: the last token sequence
     summaries = json.loads((tmp_path / "run" / "summaries.json").read_text())["classes"]
     regions = sum(v.get("regions", 0) for v in metrics["classes"].values())
     assert metrics["mask"]["masked"] > 0 and regions > 0

@@ -198,7 +198,9 @@ def stage_summaries(ctx: RunContext) -> None:
         ctx.metrics.setdefault("classes", {}).setdefault(name, {}).update(values)
     ctx.metrics.update(metrics)
     # the layer the region descriptors read (found automatically when the config leaves it null)
-    ctx.metrics["feature_layer"] = ctx.cfg.similarity.get("layer") or ctx.classifier.feature_layer
+    ctx.metrics["feature_layer"] = ctx.classifier.feature_layer_name(
+        ctx.cfg.similarity.get("layer")
+    )
     log.info(
         "summaries: mean %.2f per class, mean purity %s, background share %s, part recall %s",
         metrics["mean_summaries"],

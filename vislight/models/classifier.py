@@ -60,13 +60,16 @@ class Classifier(nn.Module):
             raise ValueError(f"{self.name} has no nn.Linear head")
         return linears[-1]
 
-    def feature_module(self, layer: str | None = None) -> nn.Module:
-        """The submodule of ``net`` named ``layer`` (default: :attr:`feature_layer`, found
-        automatically when it is None). Its output is read as a feature grid
-        (:func:`~vislight.models.probe.feature_grid`)."""
+    def feature_layer_name(self, layer: str | None = None) -> str:
+        """``layer``, else :attr:`feature_layer`, found automatically (and kept) when it is None."""
         if not layer and not self.feature_layer:
             self.feature_layer = find_feature_layer(self.net, self.input_size)
-        layer = layer or self.feature_layer
+        return layer or self.feature_layer
+
+    def feature_module(self, layer: str | None = None) -> nn.Module:
+        """The submodule of ``net`` named ``layer`` (default: :meth:`feature_layer_name`). Its
+        output is read as a feature grid (:func:`~vislight.models.probe.feature_grid`)."""
+        layer = self.feature_layer_name(layer)
         try:
             return self.net.get_submodule(layer)
         except AttributeError:
