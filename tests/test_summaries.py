@@ -23,6 +23,7 @@ from torch import nn
 
 from vislight.clustering.affinity import affinity_propagation, shifted_similarities
 from vislight.clustering.summaries import build_summaries
+from vislight.data.parts import pixel_tag
 from vislight.data.synth import (
     PART_ID,
     PART_NAMES,
@@ -38,11 +39,11 @@ from vislight.evaluation.tagging import (
     class_tagging,
     part_reliance,
     summary_tag,
-    tag_region,
 )
 from vislight.models import build_classifier
+from vislight.models.probe import FeatureHook
 from vislight.pipeline import run
-from vislight.regions.describe import FeatureHook, describe_regions, region_geometry
+from vislight.regions.describe import describe_regions, region_geometry
 from vislight.regions.extract import (
     Region,
     connected_regions,
@@ -634,30 +635,30 @@ def test_build_summaries_without_clusters():
 # --------------------------------------------------------------------------------------------
 
 
-def test_tag_region_uses_the_share_of_each_parts_own_pixels():
+def test_pixel_tag_uses_the_share_of_each_parts_own_pixels():
     labels = np.zeros((20, 20), np.uint8)
     labels[0:4, 0:4] = PART_ID["disc"]  # 16 px
     labels[10:14, 0:10] = PART_ID["bar"]  # 40 px
     region = np.zeros_like(labels, bool)
     region[0:2, 0:4] = True  # half the disc (8 px)
     region[10:13, 0:4] = True  # 12 px of the bar: more pixels, but only 30 % of it
-    assert tag_region(region, labels) == "disc"
+    assert pixel_tag(region, labels, PART_NAMES) == "disc"
     bar = np.zeros_like(region)
     bar[10:14, 0:3] = True  # exactly 30 % of the bar
     bar[15:20, :] = True  # and much background
-    assert tag_region(bar, labels) == "bar"
-    assert tag_region(bar, labels, min_share=0.31) == BACKGROUND_TAG
+    assert pixel_tag(bar, labels, PART_NAMES) == "bar"
+    assert pixel_tag(bar, labels, PART_NAMES, min_share=0.31) == BACKGROUND_TAG
     small = np.zeros_like(region)
     small[0:1, 0:4] = True  # 25 % of the disc
     small[5:9, 5:9] = True
-    assert tag_region(small, labels) == BACKGROUND_TAG
-    assert tag_region(np.ones_like(region), np.zeros_like(labels)) == BACKGROUND_TAG
-    assert tag_region(np.zeros_like(region), labels) == BACKGROUND_TAG
+    assert pixel_tag(small, labels, PART_NAMES) == BACKGROUND_TAG
+    assert pixel_tag(np.ones_like(region), np.zeros_like(labels), PART_NAMES) == BACKGROUND_TAG
+    assert pixel_tag(np.zeros_like(region), labels, PART_NAMES) == BACKGROUND_TAG
     wm = labels.copy()
     wm[16:20, 16:20] = PART_ID["watermark"]
     corner = np.zeros_like(region)
     corner[15:20, 15:20] = True
-    assert tag_region(corner, wm) == "watermark"
+    assert pixel_tag(corner, wm, PART_NAMES) == "watermark"
     assert PART_NAMES[0] == BACKGROUND_TAG
 
 

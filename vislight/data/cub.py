@@ -18,6 +18,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from vislight.data.folder import content_key, load_rgb, preprocess, require_folder
+from vislight.data.parts import BACKGROUND_TAG, PartTruth, TaggingSettings
 
 PART_GROUPS: dict[str, tuple[str, ...]] = {
     "head": ("beak", "crown", "forehead", "left eye", "right eye", "nape", "throat"),
@@ -26,7 +27,6 @@ PART_GROUPS: dict[str, tuple[str, ...]] = {
     "tail": ("tail",),
     "body": ("back", "belly", "breast"),
 }
-BACKGROUND_TAG = "background"
 
 
 def _table(path: Path) -> list[list[str]]:
@@ -185,3 +185,24 @@ class CubPartsDataset(Dataset):
             return False
         inside = (xs + 0.5 >= x0) & (xs + 0.5 <= x1) & (ys + 0.5 >= y0) & (ys + 0.5 <= y1)
         return bool(inside.mean() > 0.5)
+
+    def part_truth(self) -> CubPartTruth:
+        """The ground-truth parts (the 15 keypoints and the bird's box)."""
+        return CubPartTruth(self)
+
+
+class CubPartTruth(PartTruth):
+    """CUB's ground truth: visible part keypoints (the 15 part names) and the bird's box. Tags are
+    the five part groups; images cannot be re-rendered without a part."""
+
+    def __init__(self, dataset: CubPartsDataset):
+        self.dataset = dataset
+
+    def points(self, index: int) -> list[tuple[str, float, float]]:
+        return self.dataset.part_locations(index)
+
+    def tag(self, index: int, region: np.ndarray, settings: TaggingSettings) -> str:
+        return self.dataset.tag_region(index, region, settings.keypoint_margin)
+
+    def on_object(self, index: int, region: np.ndarray) -> bool:
+        return self.dataset.on_object(index, region)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from vislight.data.parts import PartTruth, TaggingSettings, pixel_tag
 from vislight.data.synth import (
+    PART_ID,
     PART_NAMES,
     WorldConfig,
     class_designs,
@@ -95,6 +98,50 @@ class SynthPartDataset(Dataset):
     def render_without(self, index: int, remove) -> torch.Tensor:
         """Item ``index`` drawn without the parts named in ``remove``: (3, H, W) float in [0, 1]."""
         return to_tensor(self._render(index, tuple(remove))[0])
+
+    def part_truth(self) -> SynthPartTruth:
+        """The ground-truth parts (per-pixel labels, re-rendering without a part)."""
+        return SynthPartTruth(self)
+
+
+class SynthPartTruth(PartTruth):
+    """The synthetic world's ground truth: per-pixel part ids (names in :data:`PART_NAMES`), and
+    any item re-rendered without chosen parts."""
+
+    def __init__(self, dataset: SynthPartDataset):
+        self.dataset = dataset
+
+    def points(self, index: int) -> list[tuple[str, float, float]]:
+        """The centroid of each part drawn in item ``index``."""
+        labels = self.dataset.parts(index)
+        out = []
+        for pid in np.unique(labels[labels > 0]):
+            ys, xs = np.nonzero(labels == pid)
+            out.append((PART_NAMES[int(pid)], float(xs.mean()) + 0.5, float(ys.mean()) + 0.5))
+        return out
+
+    def tag(self, index: int, region: np.ndarray, settings: TaggingSettings) -> str:
+        return pixel_tag(region, self.dataset.parts(index), PART_NAMES, settings.tag_min_share)
+
+    def near_part_share(self, index: int, salient: np.ndarray, radius: float = 3.0) -> float:
+        """Share of salient pixels within ``radius`` px of an object part (watermark excluded);
+        NaN when nothing is salient."""
+        if not salient.any():
+            return float("nan")
+        labels = self.dataset.parts(index)
+        parts = (labels > 0) & (labels != PART_ID["watermark"])
+        if not parts.any():
+            return 0.0
+        return float((distance_transform_edt(~parts)[salient] <= radius).mean())
+
+    def class_parts(self, label: int) -> tuple[str, ...]:
+        return self.dataset.class_parts(label)
+
+    def has_part(self, index: int, part: str) -> bool:
+        return bool((self.dataset.parts(index) == PART_ID[part]).any())
+
+    def render_without(self, index: int, parts) -> torch.Tensor:
+        return self.dataset.render_without(index, parts)
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

@@ -18,21 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from vislight.data.synth import PART_NAMES, WATERMARK
+from vislight.data.parts import BACKGROUND_TAG, part_truth
 from vislight.masks.energy import class_score
 
-BACKGROUND_TAG = "background"
-
-
-def tag_region(region: np.ndarray, part_labels: np.ndarray, min_share: float = 0.3) -> str:
-    """Tag of one region (H, W) bool given the image's part labels (H, W) (ids in PART_NAMES)."""
-    ids, sizes = np.unique(part_labels[part_labels > 0], return_counts=True)
-    if len(ids) == 0:
-        return BACKGROUND_TAG
-    inside = np.bincount(part_labels[region], minlength=len(PART_NAMES))[ids]
-    share = inside / sizes
-    best = int(np.argmax(share))
-    return PART_NAMES[int(ids[best])] if share[best] >= min_share else BACKGROUND_TAG
+__all__ = ["BACKGROUND_TAG", "class_tagging", "part_reliance", "summary_tag"]
 
 
 def summary_tag(member_tags: Sequence[str]) -> tuple[str, float]:
@@ -55,9 +44,10 @@ def part_reliance(
 ) -> dict[str, float]:
     """Mean relative drop of ``target``'s probability when only one part is removed.
 
-    ``dataset`` must provide ``render_without(index, parts)`` and ``parts(index)`` (the synthetic
-    world). The watermark counts only over the images that carry it.
+    ``dataset``'s ground truth (:func:`~vislight.data.parts.part_truth`) must re-render items
+    without a part (the synthetic world). The watermark counts only over the images that carry it.
     """
+    truth = part_truth(dataset)
 
     def probs(images: list[torch.Tensor]) -> torch.Tensor:
         out = []
@@ -72,11 +62,11 @@ def part_reliance(
         use = [
             j
             for j, i in enumerate(indices)
-            if part != "watermark" or (dataset.parts(i) == WATERMARK).any()
+            if part != "watermark" or truth.has_part(i, "watermark")
         ]
         if not use:
             continue
-        removed = probs([dataset.render_without(indices[j], [part]) for j in use])
+        removed = probs([truth.render_without(indices[j], [part]) for j in use])
         b = base[use]
         result[part] = float(((b - removed) / b.clamp_min(1e-12)).mean())
     return result

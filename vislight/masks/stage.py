@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from scipy.ndimage import distance_transform_edt
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vislight.data.synth import PART_ID
+from vislight.data.parts import part_truth
 from vislight.interrupt import RunInterrupted, StopCallback
 from vislight.masks.cache import MaskCache, config_fingerprint, model_fingerprint
 from vislight.masks.module import MaskModule
@@ -127,17 +126,6 @@ def select_images(
     return chosen, skipped
 
 
-def near_part_share(salient: np.ndarray, part_labels: np.ndarray, radius: float = 3.0) -> float:
-    """Share of salient pixels within ``radius`` px of an object part (watermark excluded); NaN if none."""
-    if not salient.any():
-        return float("nan")
-    parts = (part_labels > 0) & (part_labels != PART_ID["watermark"])
-    if not parts.any():
-        return 0.0
-    dist = distance_transform_edt(~parts)
-    return float((dist[salient] <= radius).mean())
-
-
 def run_masks(
     classifier: torch.nn.Module,
     dataset: Dataset,
@@ -217,6 +205,7 @@ def run_masks(
         seconds = time.perf_counter() - t0
         classifier.to(device)
     per_class: dict[str, list[dict]] = defaultdict(list)
+    truth = part_truth(dataset)
     for i, name in jobs:
         d = MaskCache.read_diagnostics(files[i]) if files[i].is_file() else None
         if d is None:
@@ -228,9 +217,9 @@ def run_masks(
                 }
             )
             continue
-        if hasattr(dataset, "parts"):
-            sharp = MaskCache.read(files[i])["sharp"]
-            d["near_part_share"] = near_part_share(sharp < 0.5, dataset.parts(i))
+        near = truth.near_part_share(i, MaskCache.read(files[i])["sharp"] < 0.5) if truth else None
+        if near is not None:
+            d["near_part_share"] = near
         per_class[name].append(d)
     by_class = {
         name: [(i, files[i]) for i in indices if files[i].is_file()]

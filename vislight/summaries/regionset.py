@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from vislight.evaluation.tagging import tag_region
+from vislight.data.parts import TaggingSettings, part_truth
 from vislight.interrupt import check
 from vislight.io import atomic_write
 from vislight.masks.cache import MaskCache
@@ -180,23 +180,6 @@ def innermost_point(region: np.ndarray) -> tuple[float, float]:
     return float(xs[k]) + 0.5, float(ys[k]) + 0.5
 
 
-def part_points(dataset, index: int) -> list[tuple[str, float, float]]:
-    """Ground-truth part points ``(part, x, y)`` of one image: CUB's visible keypoints, or the centroid
-    of each rendered part of the synthetic world; empty for datasets without parts."""
-    if hasattr(dataset, "part_locations"):
-        return list(dataset.part_locations(index))
-    if hasattr(dataset, "parts") and hasattr(dataset, "part_names"):
-        labels = dataset.parts(index)
-        out = []
-        for pid in np.unique(labels[labels > 0]):
-            ys, xs = np.nonzero(labels == pid)
-            out.append(
-                (dataset.part_names[int(pid)], float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)
-            )
-        return out
-    return []
-
-
 def region_key(
     items: Sequence[tuple[int, Path]],
     regions_cfg: Mapping,
@@ -233,8 +216,7 @@ def collect_regions(
     mask_cfg: Mapping,
     device: torch.device,
     sharp_of: Callable | None = None,
-    keypoint_margin: float = 0.04,
-    tag_min_share: float = 0.3,
+    tagging: TaggingSettings | None = None,
 ) -> RegionSet:
     """Regions of the cached masks ``items`` (dataset index, mask file) of one class.
 
@@ -242,8 +224,7 @@ def collect_regions(
     regions are cut (the Grad-CAM and random baselines).
     """
     module = classifier.feature_module(layer)
-    has_parts = hasattr(dataset, "parts")
-    has_keypoints = not has_parts and hasattr(dataset, "tag_region")
+    truth, tagging = part_truth(dataset), tagging or TaggingSettings()
     cols: dict[str, list] = {k: [] for k in ("image_id", "index", "keys", "kinds", "masks",
                                              "boxes", "drops", "descriptors", "geometry",
                                              "centers", "tags", "on_object")}  # fmt: skip
@@ -256,7 +237,7 @@ def collect_regions(
         item = dataset[index]
         image = item["image"]
         side = int(image.shape[-1])
-        points.append(part_points(dataset, index))
+        points.append(truth.points(index) if truth else [])
         if sharp_of is not None:
             sharp = sharp_of(sharp, image.to(device), target)
         rgb = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
@@ -284,7 +265,6 @@ def collect_regions(
             float(mask_cfg["blur_sigma"]),
             int(mask_cfg["reference_size"]),
         )
-        part_labels = dataset.parts(index) if has_parts else None
         for r in found:
             cols["image_id"].append(img_no)
             cols["index"].append(int(index))
@@ -292,12 +272,9 @@ def collect_regions(
             cols["kinds"].append(r.kind)
             cols["boxes"].append(r.box)
             cols["centers"].append(innermost_point(r.mask))
-            if has_parts:
-                cols["tags"].append(tag_region(r.mask, part_labels, tag_min_share))
-            elif has_keypoints:
-                cols["tags"].append(dataset.tag_region(index, r.mask, keypoint_margin))
-            if hasattr(dataset, "on_object"):
-                cols["on_object"].append(dataset.on_object(index, r.mask))
+            if truth:
+                cols["tags"].append(truth.tag(index, r.mask, tagging))
+                cols["on_object"].append(truth.on_object(index, r.mask))
         cols["masks"].append(masks)
         cols["drops"].append(d["drop"])
         cols["descriptors"].append(d["descriptor"])
@@ -323,8 +300,10 @@ def collect_regions(
         descriptors=stacked("descriptors", (0, 0), np.float32),
         geometry=stacked("geometry", (0, 3), np.float32),
         centers=np.asarray(cols["centers"], dtype=np.float32).reshape(-1, 2),
-        tags=cols["tags"] if (has_parts or has_keypoints) else None,
-        on_object=np.asarray(cols["on_object"], bool) if hasattr(dataset, "on_object") else None,
+        tags=cols["tags"] if truth else None,
+        on_object=(
+            np.asarray(cols["on_object"], bool) if truth and None not in cols["on_object"] else None
+        ),
         points=points,
         image_indices=np.asarray([int(i) for i, _ in items], dtype=int),
     )

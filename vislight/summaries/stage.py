@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from vislight.clustering.summaries import Summary
+from vislight.data.parts import TaggingSettings, part_truth
 from vislight.evaluation.part_measures import (
     distinctiveness,
     huang_consistency,
@@ -76,9 +77,11 @@ def class_regions(
     """The class's RegionSet, read from ``cache_dir/<source>/<class>.npz`` when it was made under
     the same key, else collected (and cached)."""
     layer = cfg["similarity"].get("layer")
-    margin = float(cfg["tagging"]["keypoint_margin"])
-    min_share = float(cfg["tagging"]["tag_min_share"])
-    key = region_key(items, cfg["regions"], layer, cfg["masks"], source, margin, min_share)
+    tagging = TaggingSettings.from_cfg(cfg["tagging"])
+    key = region_key(
+        items, cfg["regions"], layer, cfg["masks"], source, tagging.keypoint_margin,
+        tagging.tag_min_share,
+    )  # fmt: skip
     path = Path(cache_dir) / source / f"{safe_name(class_name)}.npz" if cache_dir else None
     if path is not None and (cached := RegionSet.load(path, key)) is not None:
         return cached
@@ -93,8 +96,7 @@ def class_regions(
         cfg["masks"],
         device,
         sharp_of=sharp_of,
-        keypoint_margin=margin,
-        tag_min_share=min_share,
+        tagging=tagging,
     )
     if path is not None:
         regions.save(path, key)
@@ -306,7 +308,9 @@ def _part_metrics(
     needed: Mapping | None = None,
 ) -> dict:
     """Needed parts (deletion drops) and tagging metrics of a class, where the dataset renders parts."""
-    if not (hasattr(dataset, "parts") and hasattr(dataset, "class_parts")):
+    truth = part_truth(dataset)
+    class_parts = truth.class_parts(regions.target) if truth else None
+    if class_parts is None:
         if not any("tag" in e for e in summaries):
             return {}
         # tags without renderable parts (keypoints): no needed parts, no recall
@@ -316,7 +320,7 @@ def _part_metrics(
     if needed and "needed_parts" in needed:
         reliance, parts = needed.get("part_drops", {}), list(needed["needed_parts"])
     else:
-        candidates = list(dataset.class_parts(regions.target)) + ["watermark"]
+        candidates = list(class_parts) + ["watermark"]
         reliance = part_reliance(
             classifier, dataset, regions.image_indices.tolist(), regions.target, candidates, device
         )
