@@ -95,7 +95,7 @@ def small_cnn_cfg(arch: str = "resnet_small", num_classes: int = 6, input_size: 
     """A ``conf/model`` node for a small CNN, without going through Hydra."""
     return {
         "name": arch,
-        "family": "small_cnn",
+        "_target_": "vislight.models.zoo.small_cnn",
         "arch": arch,
         "width": kw.pop("width", None),
         "num_classes": num_classes,

@@ -41,7 +41,7 @@ NET_FILE = textwrap.dedent(
 
 def model_cfg(**kw) -> dict:
     """A ``conf/model`` node (4 classes at 32 px) for the family and settings in ``kw``."""
-    kw = {"name": "net", "kwargs": {}, **kw}
+    kw = {"name": "net", "kwargs": {}, "_target_": f"vislight.models.zoo.{kw.pop('family')}", **kw}
     return small_cnn_cfg(kw.pop("arch", None), num_classes=kw.pop("num_classes", 4), **kw)
 
 

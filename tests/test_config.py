@@ -20,8 +20,8 @@ from vislight.data.datamodule import (
     build_datamodule,
 )
 from vislight.data.imagenet import resolve_classes
-from vislight.models import Classifier, MissingWeightsError, build_classifier
-from vislight.models.registry import FAMILIES
+from vislight.models import Classifier, MissingWeightsError, build_classifier, zoo
+from vislight.models.registry import FAMILIES, model_family
 from vislight.pipeline import ConfigError, model_config, validate
 
 EXPERIMENTS = sorted(p.stem for p in (vislight.CONF_DIR / "experiment").glob("*.yaml"))
@@ -29,8 +29,8 @@ MODELS = sorted(p.stem for p in (vislight.CONF_DIR / "model").glob("*.yaml"))
 TORCHVISION = [
     m
     for m in MODELS
-    if yaml.safe_load((vislight.CONF_DIR / "model" / f"{m}.yaml").read_text()).get("family")
-    == "torchvision"
+    if yaml.safe_load((vislight.CONF_DIR / "model" / f"{m}.yaml").read_text()).get("_target_")
+    == "vislight.models.zoo.torchvision"
 ]
 
 
@@ -88,22 +88,23 @@ def test_model_composes(model, tmp_path):
     cfg = compose_config([f"model={model}"], tmp_path)
     m = model_config(cfg)
     assert m["name"] == (f"timm-{m['arch']}" if model == "timm" else model)
-    assert m["family"] in FAMILIES
+    family = model_family(m)  # conf/model names its zoo entry as _target_
+    assert family in FAMILIES and callable(getattr(zoo, family))
     assert isinstance(m["num_classes"], int) and m["num_classes"] >= 2
     assert isinstance(m["input_size"], int) and m["input_size"] >= 16
     assert len(m["mean"]) == len(m["std"]) == 3 and all(s > 0 for s in m["std"])
     # null: found automatically (the last spatial layer), for the families that take any network
-    assert isinstance(m["feature_layer"], str) or m["family"] in ("timm", "custom")
+    assert isinstance(m["feature_layer"], str) or family in ("timm", "custom")
     assert m["trusted_checkpoint"] is False
     # Models trained by vislight follow the dataset; pretrained ones keep their own head.
     assert cfg.train.enabled is (not m["pretrained"])
-    if m["family"] in ("small_cnn", "timm", "custom"):
+    if family in ("small_cnn", "timm", "custom"):
         assert m["num_classes"] == cfg.data.num_classes
         assert m["input_size"] == cfg.data.image_size
-    if m["family"] in ("small_cnn", "timm"):
+    if family in ("small_cnn", "timm"):
         clf = build_classifier(m)
         clf.feature_module()
-    if m["family"] == "cifar_resnet":
+    if family == "cifar_resnet":
         assert Path(m["weights_path"]).name.startswith(
             f"resnet{model.removeprefix('cifar_resnet')}-"
         )

@@ -59,7 +59,7 @@ def _vislight(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def _vgg16_cfg(weights: Path, size: int = SIZE) -> dict:
     return {
         "name": "vgg16",
-        "family": "torchvision",
+        "_target_": "vislight.models.zoo.torchvision",
         "arch": "vgg16",
         "num_classes": 1000,
         "input_size": size,

@@ -57,7 +57,10 @@ def test_the_wheel_runs_from_an_empty_folder(installed, tmp_path):
     # the configs come with the package: every group composes; runs go under the current folder
     job = _run(installed, "-m", "vislight", "model=timm", "--cfg", "job", "--resolve", cwd=empty)
     assert job.returncode == 0, job.stderr[-2000:]
-    assert f"log_dir: {empty}/outputs" in job.stdout and "family: timm" in job.stdout
+    assert (
+        f"log_dir: {empty}/outputs" in job.stdout
+        and "_target_: vislight.models.zoo.timm" in job.stdout
+    )
     helped = _run(installed, "-m", "vislight", "--help", cwd=empty)
     assert "vit_synth" in helped.stdout and "custom" in helped.stdout
     # a user's own config folder on Hydra's search path

@@ -350,7 +350,7 @@ def explain(
             )  # fmt: skip
         with open_dict(cfg):
             cfg.model = {
-                "name": classifier.name, "family": "given", "num_classes": classifier.num_classes,
+                "name": classifier.name, "num_classes": classifier.num_classes,
                 "input_size": classifier.input_size, "resize_size": classifier.resize_size,
                 "mean": classifier.mean.flatten().tolist(), "std": classifier.std.flatten().tolist(),
                 "weights_path": None, "trusted_checkpoint": False, "pretrained": True,

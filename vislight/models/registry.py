@@ -317,7 +317,7 @@ def _build_custom(cfg: Mapping) -> nn.Module:
     return net
 
 
-FAMILIES = {
+FAMILIES: dict[str, Callable[[Mapping], nn.Module]] = {
     "small_cnn": _build_small_cnn,
     "cifar_resnet": _build_cifar_resnet,
     "efficientnet_lite": _build_efficientnet_lite,
@@ -325,14 +325,17 @@ FAMILIES = {
     "timm": _build_timm,
     "custom": _build_custom,
 }
+ZOO = "vislight.models.zoo"  # conf/model/*.yaml: _target_: vislight.models.zoo.<family>
 
 
-def build_classifier(cfg: Mapping) -> Classifier:
-    """Build the zoo entry described by ``cfg`` (a ``conf/model/*.yaml`` node) as a :class:`Classifier`."""
-    family = cfg.get("family")
-    if family not in FAMILIES:
-        raise ValueError(f"model.family={family!r} is unknown; use one of {sorted(FAMILIES)}")
-    net = FAMILIES[family](cfg)
+def model_family(cfg: Mapping) -> str | None:
+    """The family of a ``conf/model`` node: the zoo entry its ``_target_`` names."""
+    target = str(cfg.get("_target_") or "")
+    return target.rsplit(".", 1)[1] if target.startswith(ZOO + ".") else None
+
+
+def wrap_classifier(net: nn.Module, cfg: Mapping) -> Classifier:
+    """``net`` with the input conventions of the ``conf/model`` node ``cfg``."""
     return Classifier(
         net,
         name=cfg["name"],
@@ -343,3 +346,23 @@ def build_classifier(cfg: Mapping) -> Classifier:
         resize_size=cfg.get("resize_size"),
         feature_layer=cfg.get("feature_layer"),
     )
+
+
+def build_classifier(cfg: Mapping) -> Classifier:
+    """Build the ``conf/model`` node ``cfg`` as a :class:`Classifier`: Hydra's ``instantiate``
+    calls the zoo entry its ``_target_`` names (:mod:`vislight.models.zoo`) with the node."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if not cfg.get("_target_"):
+        raise ValueError(
+            f"the model config has no _target_: name a zoo entry, one of "
+            f"{[f'{ZOO}.{f}' for f in FAMILIES]}"
+        )
+    try:
+        return instantiate(dict(cfg), _convert_="all")
+    except InstantiationException as e:  # the builder's own error, without Hydra's wrapping
+        cause = e.__cause__
+        if isinstance(cause, (ValueError, FileNotFoundError)):
+            raise cause from None
+        raise ValueError(f"model._target_={cfg['_target_']!r}: {e}") from None

@@ -17,7 +17,7 @@ from vislight.data.datamodule import ClassificationDataModule
 from vislight.distributed import global_rank
 from vislight.io import save_torch, write_json
 from vislight.models.classifier import Classifier
-from vislight.models.registry import load_state_dict_file
+from vislight.models.registry import load_state_dict_file, model_family
 from vislight.models.small_cnns import SMALL_CNNS
 from vislight.run_folder import RunFolder
 from vislight.training.module import ClassifierModule
@@ -54,9 +54,13 @@ def classifier_cache_key(
     """Hash of everything that determines the trained weights."""
     payload = {
         "trainer": {k: v for k, v in (trainer_cfg or {}).items() if k not in _TRAINER_KEYS_IGNORED},
+        # (the family by name: keys made before conf/model named a _target_ stay valid)
         "model": {
-            k: v for k, v in model_cfg.items() if k not in ("trusted_checkpoint", "feature_layer")
-        },
+            k: v
+            for k, v in model_cfg.items()
+            if k not in ("trusted_checkpoint", "feature_layer", "_target_")
+        }
+        | {"family": model_family(model_cfg)},
         "data": {k: v for k, v in data_cfg.items() if k not in _DATA_KEYS_IGNORED},
         "train": {
             k: v
