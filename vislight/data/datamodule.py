@@ -246,90 +246,125 @@ def check_data_root(cfg: Mapping) -> None:
         raise ConfigError(str(e)) from None
 
 
-def build_datamodule(
-    cfg: Mapping, input_size: int | None = None, resize_size: int | None = None
-) -> ClassificationDataModule:
-    """The datamodule for a ``conf/data/*.yaml`` node; folder data uses the classifier's input size."""
-    kind = cfg.get("kind")
-    if kind != "synth":  # decoded from files: Pillow's decompression-bomb limit
-        set_max_pixels(cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
-    loader_kw = {
+def _loader_kw(cfg: Mapping) -> dict:
+    return {
         "batch_size": cfg.get("batch_size", 128),
         "num_workers": cfg.get("num_workers", 0),
         "eval_batch_size": cfg.get("eval_batch_size"),
     }
-    if kind == "synth":
-        wm = cfg.get("watermark") or {}
-        world = WorldConfig(
-            num_classes=int(cfg["num_classes"]),
-            seed=int(cfg["seed"]),
-            max_rotation_deg=float(cfg.get("max_rotation_deg", 15.0)),
-            scale_range=tuple(cfg.get("scale_range", (0.85, 1.1))),
-            max_shift=float(cfg.get("max_shift", 0.09)),
-            distractors=tuple(cfg.get("distractors", (3, 6))),
-            noise_std=float(cfg.get("noise_std", 6.0)),
-            watermark_class=wm.get("class_index") if wm.get("enabled", False) else None,
-            watermark_rate=float(wm.get("rate", 0.0)) if wm.get("enabled", False) else 0.0,
-            watermark_size=float(wm.get("size", 0.1)),
-        )
-        return SynthDataModule(
-            world,
-            image_size=int(cfg["image_size"]),
-            train_per_class=int(cfg["train_per_class"]),
-            val_per_class=int(cfg["val_per_class"]),
-            test_per_class=int(cfg["test_per_class"]),
-            cache=bool(cfg.get("cache", True)),
-            split=str(cfg.get("split", "test")),
-            **loader_kw,
-        )
-    if kind in ("folder", "csv"):
-        if not cfg.get("root"):
-            raise ValueError("data.root is not set: pass data.root=/path/to/images")
-        return FolderDataModule(
-            root=cfg["root"],
-            input_size=input_size or int(cfg.get("image_size", 224)),
-            resize_size=resize_size,
-            classes=cfg.get("classes"),
-            labels_csv=cfg.get("labels_csv") if kind == "csv" else None,
-            csv_columns=cfg.get("csv_columns"),
-            label_map=cfg.get("label_map"),
-            label_names=cfg.get("label_names"),
-            name=cfg.get("name", kind),
-            **loader_kw,
-        )
-    if kind == "imagenet":
-        if not cfg.get("root"):
-            raise ValueError("data.root is not set: pass data.root=/path/to/ILSVRC2012/val")
-        wanted = resolve_classes(cfg.get("classes") or range(1000))
-        check_synset_folder(cfg["root"], wanted)
-        return FolderDataModule(
-            root=cfg["root"],
-            input_size=input_size or 224,
-            resize_size=resize_size,
-            classes=[c.synset for c in wanted],
-            label_map={c.synset: c.index for c in wanted},
-            label_names={c.index: c.name for c in imagenet_classes()},
-            max_per_class=cfg.get("max_per_class"),
-            name=cfg.get("name", kind),
-            **loader_kw,
-        )
-    if kind == "cub":
-        if not cfg.get("root"):
-            raise ValueError("data.root is not set: pass data.root=/path/to/CUB_200_2011")
-        return CubDataModule(
-            root=cfg["root"],
-            classes=list(cfg["classes"]),
-            input_size=input_size or 224,
-            resize_size=resize_size,
-            label_map=cfg.get("label_map"),
-            label_names=cfg.get("label_names"),
-            split=cfg.get("split", "test"),
-            name=cfg.get("name", "cub"),
-            **loader_kw,
-        )
-    raise ValueError(
-        f"data.kind={kind!r} is unknown; use one of ['synth', 'folder', 'csv', 'cub', 'imagenet']"
+
+
+def synth_data(input_size: int | None = None, resize_size: int | None = None, **cfg):
+    """``data=synth``: the embedded synthetic part world (``conf/data/synth.yaml``)."""
+    wm = cfg.get("watermark") or {}
+    world = WorldConfig(
+        num_classes=int(cfg["num_classes"]),
+        seed=int(cfg["seed"]),
+        max_rotation_deg=float(cfg.get("max_rotation_deg", 15.0)),
+        scale_range=tuple(cfg.get("scale_range", (0.85, 1.1))),
+        max_shift=float(cfg.get("max_shift", 0.09)),
+        distractors=tuple(cfg.get("distractors", (3, 6))),
+        noise_std=float(cfg.get("noise_std", 6.0)),
+        watermark_class=wm.get("class_index") if wm.get("enabled", False) else None,
+        watermark_rate=float(wm.get("rate", 0.0)) if wm.get("enabled", False) else 0.0,
+        watermark_size=float(wm.get("size", 0.1)),
     )
+    return SynthDataModule(
+        world,
+        image_size=int(cfg["image_size"]),
+        train_per_class=int(cfg["train_per_class"]),
+        val_per_class=int(cfg["val_per_class"]),
+        test_per_class=int(cfg["test_per_class"]),
+        cache=bool(cfg.get("cache", True)),
+        split=str(cfg.get("split", "test")),
+        **_loader_kw(cfg),
+    )
+
+
+def folder_data(input_size: int | None = None, resize_size: int | None = None, **cfg):
+    """``data=folder`` (``root/<class>/<image>``) or a CSV of labels (``kind: csv``)."""
+    set_max_pixels(cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+    if not cfg.get("root"):
+        raise ValueError("data.root is not set: pass data.root=/path/to/images")
+    csv = cfg.get("kind") == "csv"
+    return FolderDataModule(
+        root=cfg["root"],
+        input_size=input_size or int(cfg.get("image_size", 224)),
+        resize_size=resize_size,
+        classes=cfg.get("classes"),
+        labels_csv=cfg.get("labels_csv") if csv else None,
+        csv_columns=cfg.get("csv_columns"),
+        label_map=cfg.get("label_map"),
+        label_names=cfg.get("label_names"),
+        name=cfg.get("name", cfg.get("kind", "folder")),
+        **_loader_kw(cfg),
+    )
+
+
+def imagenet_data(input_size: int | None = None, resize_size: int | None = None, **cfg):
+    """``data=imagenet``: an ImageNet synset folder, labels = ImageNet indices."""
+    set_max_pixels(cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+    if not cfg.get("root"):
+        raise ValueError("data.root is not set: pass data.root=/path/to/ILSVRC2012/val")
+    wanted = resolve_classes(cfg.get("classes") or range(1000))
+    check_synset_folder(cfg["root"], wanted)
+    return FolderDataModule(
+        root=cfg["root"],
+        input_size=input_size or 224,
+        resize_size=resize_size,
+        classes=[c.synset for c in wanted],
+        label_map={c.synset: c.index for c in wanted},
+        label_names={c.index: c.name for c in imagenet_classes()},
+        max_per_class=cfg.get("max_per_class"),
+        name=cfg.get("name", "imagenet"),
+        **_loader_kw(cfg),
+    )
+
+
+def cub_data(input_size: int | None = None, resize_size: int | None = None, **cfg):
+    """``data=cub_parts`` / ``cub40``: CUB-200-2011 with its part keypoints and bird boxes."""
+    set_max_pixels(cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+    if not cfg.get("root"):
+        raise ValueError("data.root is not set: pass data.root=/path/to/CUB_200_2011")
+    return CubDataModule(
+        root=cfg["root"],
+        classes=list(cfg["classes"]),
+        input_size=input_size or 224,
+        resize_size=resize_size,
+        label_map=cfg.get("label_map"),
+        label_names=cfg.get("label_names"),
+        split=cfg.get("split", "test"),
+        name=cfg.get("name", "cub"),
+        **_loader_kw(cfg),
+    )
+
+
+# The entry of each data kind (conf/data names it as _target_; a plain mapping may give the kind).
+DATA_ENTRIES = {"synth": synth_data, "folder": folder_data, "csv": folder_data,
+                "imagenet": imagenet_data, "cub": cub_data}  # fmt: skip
+
+
+def build_datamodule(
+    cfg: Mapping, input_size: int | None = None, resize_size: int | None = None
+) -> ClassificationDataModule:
+    """The datamodule of a ``conf/data`` node: Hydra's ``instantiate`` calls the entry its
+    ``_target_`` names (one of :data:`DATA_ENTRIES`, or a user's own) with the node and the
+    classifier's input size; a node without ``_target_`` is built by its ``kind``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    cfg = dict(cfg)
+    if not cfg.get("_target_"):
+        kind = cfg.get("kind")
+        if kind not in DATA_ENTRIES:
+            raise ValueError(f"data.kind={kind!r} is unknown; use one of {sorted(DATA_ENTRIES)}")
+        return DATA_ENTRIES[kind](input_size, resize_size, **cfg)
+    try:
+        return instantiate(cfg, input_size=input_size, resize_size=resize_size, _convert_="all")
+    except InstantiationException as e:  # the entry's own error, without Hydra's wrapping
+        if isinstance(e.__cause__, (ValueError, FileNotFoundError)):
+            raise e.__cause__ from None
+        raise ValueError(f"data._target_={cfg['_target_']!r}: {e}") from None
 
 
 class CubDataModule(ClassificationDataModule):

@@ -32,6 +32,7 @@ _DATA_KEYS_IGNORED = {
     "val_per_class",
     "split",  # the evaluated split (training always uses the train split)
     "max_pixels",  # the decompression-bomb guard (which files are refused, not what is learned)
+    "_target_",  # the builder of the data kind (the kind itself is hashed)
 }
 _TRAIN_KEYS_IGNORED = {"cache_dir", "force", "enabled"}
 # Trainer settings that do not change the learned weights.
