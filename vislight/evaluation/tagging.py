@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vislight.data.parts import BACKGROUND_TAG, part_truth
-from vislight.masks.energy import class_score
+from vislight.models.probe import class_probabilities
 
 __all__ = ["BACKGROUND_TAG", "class_tagging", "part_reliance", "summary_tag"]
 
@@ -50,11 +50,7 @@ def part_reliance(
     truth = part_truth(dataset)
 
     def probs(images: list[torch.Tensor]) -> torch.Tensor:
-        out = []
-        for k in range(0, len(images), batch_size):
-            x = torch.stack(images[k : k + batch_size]).to(device)
-            out.append(class_score(model(x), torch.full((len(x),), target, device=device)).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        return class_probabilities(model, images, target, device, batch_size)
 
     base = probs([dataset[i]["image"] for i in indices])
     result = {}

@@ -65,6 +65,33 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def class_probabilities(
+    model: nn.Module,
+    images: torch.Tensor | list[torch.Tensor],
+    target: int,
+    device: torch.device | str | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Softmax probability of class ``target`` for each image, in batches, the model frozen.
+
+    Args:
+        images: (N, 3, H, W) tensor or a list of (3, H, W) tensors, in [0, 1].
+        device: where the model runs (default: its parameters' device).
+
+    Returns:
+        (N,) float on the CPU.
+    """
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    out = []
+    with frozen(model):
+        for k in range(0, len(images), batch_size):
+            chunk = images[k : k + batch_size]
+            x = (torch.stack(chunk) if isinstance(chunk, list) else chunk).to(device)
+            out.append(model(x).float().softmax(1)[:, target].cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 class FeatureHook:
     """Captures the feature grid of ``module`` on every forward (a context manager).
 

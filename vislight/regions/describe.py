@@ -12,9 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vislight.masks.energy import class_score
 from vislight.masks.perturbation import gaussian_blur, perturb, scaled_blur
-from vislight.models.probe import FeatureHook
+from vislight.models.probe import FeatureHook, class_probabilities
 
 
 def region_geometry(masks: np.ndarray) -> np.ndarray:
@@ -83,12 +82,15 @@ def blur_drops(
     k, sigma = scaled_blur(min(h, w), blur_kernel, blur_sigma, reference_size)
     blurred = gaussian_blur(x, k, sigma)
     region = torch.from_numpy(masks).to(device=device, dtype=x.dtype).unsqueeze(1)
-    p_x = class_score(model(x), torch.tensor([target], device=device))
-    p = class_score(
-        model(perturb(x.expand(r, -1, -1, -1), 1 - region, blurred.expand(r, -1, -1, -1))),
-        torch.full((r,), target, device=device),
+    p_x = class_probabilities(model, x, target, device)
+    p = class_probabilities(
+        model,
+        perturb(x.expand(r, -1, -1, -1), 1 - region, blurred.expand(r, -1, -1, -1)),
+        target,
+        device,
+        batch_size=max(r, 1),
     )
-    return ((p_x - p) / p_x.clamp_min(1e-12)).cpu().numpy().astype(np.float32)
+    return ((p_x - p) / p_x.clamp_min(1e-12)).numpy().astype(np.float32)
 
 
 def random_placements(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
