@@ -9,7 +9,7 @@ import runpy
 import numpy as np
 import pytest
 import torch
-from conftest import run_vislight
+from helpers import run_vislight
 
 import vislight
 from vislight.api import Explanation

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import run_vislight
+from helpers import run_vislight
 
 
 def _vislight(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SUBPROCESS_ENV, tiny_multirun
+from helpers import SUBPROCESS_ENV, tiny_multirun
 from PIL import Image
 
 from vislight.compare import REPORT_MARK, correlation, write_comparison

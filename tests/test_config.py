@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import compose_config, shared_path
+from helpers import compose_config, shared_path
 from omegaconf import open_dict
 from PIL import Image
 

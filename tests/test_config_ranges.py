@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from conftest import compose_config
+from helpers import compose_config
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import vislight

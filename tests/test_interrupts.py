@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from conftest import (
+from helpers import (
     compose_job_config,
     kill_when,
     no_partial_files,

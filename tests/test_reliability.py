@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     SUBPROCESS_ENV,
     TINY_PIPELINE,
     compose_config,

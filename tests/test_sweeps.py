@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import TINY_PIPELINE, compose_config, run_vislight, tiny_multirun
+from helpers import TINY_PIPELINE, compose_config, run_vislight, tiny_multirun
 from omegaconf import open_dict
 
 from vislight.__main__ import objective_value

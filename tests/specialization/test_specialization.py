@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_PIPELINE, compose_config, compose_job_config, run_vislight
+from helpers import TINY_PIPELINE, compose_config, compose_job_config, run_vislight
 
 from vislight.__main__ import run_or_exit
 from vislight.pipeline import ConfigError, validate

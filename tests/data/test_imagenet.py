@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_PIPELINE, run_vislight
+from helpers import TINY_PIPELINE, run_vislight
 from PIL import Image
 
 from vislight.data.folder import load_rgb, preprocess

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import TINY_PIPELINE, compose_config
+from helpers import TINY_PIPELINE, compose_config
 from omegaconf import open_dict
 
 from vislight.pipeline import run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import require_shared
+from helpers import require_shared
 
 from vislight.data.cub import PART_GROUPS, CubPartsDataset, crop_transform
 

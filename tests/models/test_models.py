@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_config, require_shared, small_cnn_cfg
+from helpers import compose_config, require_shared, small_cnn_cfg
 
 from vislight.data.datamodule import build_datamodule
 from vislight.data.folder import ImageListDataset, scan_class_folders

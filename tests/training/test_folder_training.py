@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import compose_config
+from helpers import compose_config
 from omegaconf import open_dict
 from PIL import Image
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import small_cnn_cfg
+from helpers import small_cnn_cfg
 from torch import nn
 
 from vislight.models import build_classifier
@@ -172,13 +172,15 @@ def test_a_vision_transformer_runs_every_stage(tmp_path):
     """A one-block timm ViT, trained by vislight, masked and summarised like a CNN."""
     import json
 
-    from conftest import TINY_PIPELINE, compose_job_config
+    from helpers import TINY_PIPELINE, compose_job_config
 
     from vislight.pipeline import run
 
     cfg = compose_job_config(
         [*TINY_PIPELINE, "logger=none", "model=vit_tiny", "model.kwargs.depth=1",
-         "model.kwargs.patch_size=4", "stages=[classifier,evaluate,masks,summaries]"],
+         "model.kwargs.patch_size=8", "train.epochs=4", "masks.images_per_class=3",
+         "masks.smooth.iterations=20", "masks.sharp.iterations=10",
+         "stages=[classifier,evaluate,masks,summaries]"],
         tmp_path,
     )  # fmt: skip
     metrics = run(cfg)

@@ -19,7 +19,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import SUBPROCESS_ENV, compose_config, kill_when, popen_vislight, small_cnn_cfg
+from helpers import SUBPROCESS_ENV, compose_config, kill_when, popen_vislight, small_cnn_cfg
 from scipy.ndimage import distance_transform_edt
 from torch import nn
 from torch.utils.data import DataLoader

@@ -7,7 +7,7 @@ import json
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_config, small_cnn_cfg
+from helpers import compose_config, small_cnn_cfg
 from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from conftest import TINY_PIPELINE, compose_config, compose_job_config, small_cnn_cfg
+from helpers import TINY_PIPELINE, compose_config, compose_job_config, small_cnn_cfg
 from omegaconf import open_dict
 from scipy import ndimage
 from sklearn.cluster import AffinityPropagation
