@@ -115,3 +115,32 @@ def test_bad_api_input_is_named(call, message):
                               torch.nn.Flatten(), torch.nn.Linear(4, 2))  # fmt: skip
     with pytest.raises((ValueError, TypeError), match=message):
         call(net, torch.rand(4, 3, 16, 16))
+
+
+def test_explained_images_are_decoded_once_after_the_evaluation(example, tmp_path, monkeypatch):
+    from collections import Counter
+
+    import vislight.data.folder as folder
+
+    out, _, ns = example
+    reads = Counter()
+    load = folder.load_rgb
+
+    def counting(path):
+        reads[str(path)] += 1
+        return load(path)
+
+    monkeypatch.setattr(folder, "load_rgb", counting)
+    net = ns["SmallNet"](num_classes=3)
+    net.load_state_dict(torch.load(out / "net.pth", weights_only=True))
+    result = vislight.explain(
+        net, out / "images", classes=ns["CLASSES"], input_size=32, mean=ns["MEAN"], std=ns["STD"],
+        output_dir=tmp_path / "run",
+        overrides=[*ns["OVERRIDES"], "data.num_workers=0", f"masks.cache_dir={out / 'run' / 'masks'}"],
+    )  # fmt: skip
+    masked = result.metrics["mask"]["masked"]
+    assert result.metrics["mask"]["reused"] == masked > 0
+    # every file: once when the folder is listed (unreadable files are skipped up front), once by
+    # the evaluation; an explained image once more for masks, regions, baselines and the report
+    # together (without DecodedOnce: 5 to 6 reads)
+    assert Counter(reads.values()) == {2: len(reads) - masked, 3: masked}

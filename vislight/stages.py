@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vislight.data.datamodule import ClassificationDataModule, build_datamodule
+from vislight.data.decoded import decoded_once
 from vislight.distributed import global_rank
 from vislight.errors import ConfigError
 from vislight.evaluation.accuracy import evaluate_accuracy
@@ -144,8 +145,10 @@ def stage_evaluate(ctx: RunContext) -> None:
 
 
 def stage_masks(ctx: RunContext) -> None:
-    """Crisp masks of the correctly classified images of each class (cached, resumable)."""
+    """Crisp masks of the correctly classified images of each class (cached, resumable). From here
+    on the explained images are decoded from their files once (:func:`decoded_once`)."""
     dm = ctx.datamodule
+    dm.test_set = decoded_once(dm.test_set)
     masks_cfg = ctx.cfg.masks
     if ctx.groups is not None:  # specialisation: the classes of the groups only
         masks_cfg = OmegaConf.merge(

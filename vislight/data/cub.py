@@ -64,6 +64,8 @@ class CubPartsDataset(Dataset):
         split: ``train``, ``test`` or ``all`` (the official split).
     """
 
+    reads_files = True  # every item is decoded from its file (see vislight.data.decoded)
+
     def __init__(
         self,
         root: str | Path,

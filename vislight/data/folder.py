@@ -101,6 +101,8 @@ class ImageListDataset(Dataset):
     ``index`` (position in this dataset), ``key`` (stable content key), plus ``path``.
     """
 
+    reads_files = True  # every item is decoded from its file (see vislight.data.decoded)
+
     def __init__(
         self,
         items: list[tuple[Path, int]],
