@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from vislight.masks.cache import MaskCache
+from vislight.run_folder import RunFolder
 
 
 def by_key(run: Path) -> dict[str, Path]:
-    return {MaskCache.read_diagnostics(f)["key"]: f for f in sorted((run / "masks").rglob("*.npz"))}
+    return {
+        MaskCache.read_diagnostics(f)["key"]: f for f in sorted(RunFolder(run).masks.rglob("*.npz"))
+    }
 
 
 def main() -> None:

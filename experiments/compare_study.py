@@ -17,6 +17,8 @@ import sys
 from jobs import ROOT, commit, run_study, study_args, vislight_command, write_md_keeping_notes
 from summaries_study import schedule_of
 
+from vislight.run_folder import RunFolder
+
 STUDIES = ("synth", "cifar", "cub_effnet")
 
 
@@ -44,7 +46,7 @@ def main() -> int:
     md += (
         f"\n\nCommand: `{facts['command']}`  \nCommit: {commit()}  \nMachine: {facts['machine']}  \n"
         f"Wall time: {facts['wall_seconds']:.0f} s ({facts['date']})  \n"
-        f"Mask schedule: {schedule_of(next(sweep.glob('*/config.yaml')).parent)}\n"
+        f"Mask schedule: {schedule_of(RunFolder.find_runs(sweep)[0].root)}\n"
     )
     write_md_keeping_notes(out / "comparison.md", md.splitlines())
     print((out / "comparison.md").read_text())

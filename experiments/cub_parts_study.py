@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 from summaries_study import schedule_of
 
 from vislight.evaluation.tagging import BACKGROUND_TAG
+from vislight.run_folder import RunFolder
 from vislight.summaries.cluster import cluster_regions
 from vislight.summaries.regionset import RegionSet
 from vislight.summaries.stage import (
@@ -96,7 +97,7 @@ def quoted(names: list[str]) -> str:
 
 
 def load_regions(run_dir: Path, source: str = "ours") -> list[RegionSet]:
-    files = sorted((run_dir / "summaries" / "regions" / source).glob("*.npz"))
+    files = sorted((RunFolder(run_dir).regions / source).glob("*.npz"))
     return [r for f in files if (r := RegionSet.load(f, None)) is not None]
 
 
@@ -285,7 +286,7 @@ def evaluate(args, facts: dict) -> None:
     for name, overrides in jobs.items():
         run_dir = RUNS / name
         metrics, wall = run_job(run_dir, [*overrides, *args.overrides])
-        summaries = json.loads((run_dir / "summaries.json").read_text())["classes"]
+        summaries = json.loads(RunFolder(run_dir).summaries.read_text())["classes"]
         methods = {"vislight": metrics} | (metrics.get("baselines") or {})
         per_class = {}
         for c, v in metrics["classes"].items():

@@ -28,6 +28,7 @@ from pathlib import Path
 from jobs import ROOT, commit, machine, run_job, write_md_keeping_notes
 from summaries_study import schedule_of
 
+from vislight.run_folder import RunFolder
 from vislight.summaries.stage import HEADLINE_MEASURES
 
 STUDIES = {
@@ -109,7 +110,7 @@ def main() -> None:
     for name, overrides in STUDIES[args.study].items():
         run_dir = tmp / name
         metrics, wall = run_job(run_dir, [*overrides, *shared_cache, *args.overrides])
-        path = run_dir / "summaries.json"
+        path = RunFolder(run_dir).summaries
         summaries = json.loads(path.read_text()) if path.is_file() else None
         results[name] = facts | {
             "job": " ".join(["python -m vislight", *overrides, *args.overrides]),

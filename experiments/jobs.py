@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from vislight.run_folder import RunFolder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,7 +57,7 @@ def run_job(run_dir: Path, overrides: Sequence[str]) -> tuple[dict, float]:
         vislight_command(f"paths.output_dir={run_dir}", *overrides), check=True, cwd=ROOT
     )
     wall = time.perf_counter() - t0
-    return json.loads((run_dir / "metrics.json").read_text()), wall
+    return json.loads(RunFolder(run_dir).metrics.read_text()), wall
 
 
 def run_study(cmd: list[str]) -> tuple[int, dict]:

@@ -15,6 +15,8 @@ import sys
 
 from jobs import ROOT, run_study, study_args, vislight_command
 
+from vislight.run_folder import RunFolder
+
 STUDIES = ("synth", "cub")
 METHODS = ("base", "specialized", "kmeans_control", "head_control")
 NOTES = "\nNotes:\n"
@@ -83,12 +85,12 @@ def main() -> int:
     run_dir = ROOT / "outputs" / "studies" / f"specialize_{study}"
     cmd = vislight_command(f"experiment=specialize_{study}", f"paths.output_dir={run_dir}", *extra)
     returncode, facts = run_study(cmd)
-    metrics_file = run_dir / "metrics.json"
+    metrics_file = RunFolder(run_dir).metrics
     if returncode != 0 or not metrics_file.is_file():
         print(f"study failed (exit {returncode}); see {run_dir}", file=sys.stderr)
         return 1
     metrics = json.loads(metrics_file.read_text())
-    summaries = json.loads((run_dir / "summaries.json").read_text())
+    summaries = json.loads(RunFolder(run_dir).summaries.read_text())
     facts = {"experiment": f"specialize_{study}", **facts}
     out = ROOT / "experiments" / "results" / f"specialize_{study}"
     record = {

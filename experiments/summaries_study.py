@@ -25,6 +25,7 @@ from jobs import commit, machine, vislight_command, write_md_keeping_notes
 from omegaconf import OmegaConf
 
 from vislight.masks.optimize import MaskConfig
+from vislight.run_folder import RunFolder
 
 
 def run_job(out: Path, overrides: list[str]) -> None:
@@ -33,13 +34,12 @@ def run_job(out: Path, overrides: list[str]) -> None:
 
 def schedule_of(run_dir: Path) -> str:
     """The mask schedule a run used, from its config.yaml."""
-    return MaskConfig.from_cfg(OmegaConf.load(run_dir / "config.yaml").masks).describe()
+    return MaskConfig.from_cfg(OmegaConf.load(RunFolder(run_dir).config).masks).describe()
 
 
 def load(run_dir: Path) -> tuple[dict, dict]:
-    return json.loads((run_dir / "metrics.json").read_text()), json.loads(
-        (run_dir / "summaries.json").read_text()
-    )
+    run = RunFolder(run_dir)
+    return json.loads(run.metrics.read_text()), json.loads(run.summaries.read_text())
 
 
 def watermark_summaries(summaries: dict) -> list[dict]:

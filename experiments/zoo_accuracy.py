@@ -18,6 +18,8 @@ from pathlib import Path
 
 from jobs import vislight_command
 
+from vislight.run_folder import RunFolder
+
 MODELS = ["tiny_cnn", "small_cnn", "vgg_small", "resnet_small"]
 
 
@@ -39,8 +41,8 @@ def main() -> None:
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
     rows = []
-    for metrics_file in sorted(sweep.glob("*/metrics.json"), key=lambda p: int(p.parent.name)):
-        m = json.loads(metrics_file.read_text())
+    for run in sorted(RunFolder.find_runs(sweep), key=lambda r: int(r.root.name)):
+        m = json.loads(run.metrics.read_text())
         rows.append(
             {
                 "model": m["model"],
