@@ -92,20 +92,46 @@ def class_probabilities(
     return torch.cat(out) if out else torch.zeros(0)
 
 
+@torch.no_grad()
+def dataset_probabilities(
+    model: nn.Module, dataset, device: torch.device | str, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax outputs and labels of every item of ``dataset`` (dicts with ``image``, ``label``):
+    ``(N, K)`` float and ``(N,)`` long, on the CPU, the model frozen; a stop signal ends it
+    between batches."""
+    from torch.utils.data import DataLoader
+
+    from vislight.interrupt import check
+
+    probs, labels = [], []
+    with frozen(model):
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            check()
+            probs.append(model(batch["image"].to(device)).float().softmax(1).cpu())
+            labels.append(torch.as_tensor(batch["label"]))
+    return torch.cat(probs), torch.cat(labels)
+
+
 class FeatureHook:
     """Captures the feature grid of ``module`` on every forward (a context manager).
 
     ``output`` is the (B, C, h, w) grid of the last forward (see :func:`feature_grid`); it keeps
-    its autograd graph, so Grad-CAM can differentiate through it.
+    its autograd graph, so Grad-CAM can differentiate through it. With ``inputs=True`` it captures
+    the module's first input instead, as it is (e.g. the pooled features a linear head reads).
     """
 
-    def __init__(self, module: nn.Module):
-        self.module, self.output, self._h = module, None, None
+    def __init__(self, module: nn.Module, inputs: bool = False):
+        self.module, self.inputs, self.output, self._h = module, inputs, None, None
 
     def __enter__(self) -> FeatureHook:
-        self._h = self.module.register_forward_hook(
-            lambda m, i, o: setattr(self, "output", feature_grid(o))
-        )
+        if self.inputs:
+            self._h = self.module.register_forward_pre_hook(
+                lambda m, i: setattr(self, "output", i[0])
+            )
+        else:
+            self._h = self.module.register_forward_hook(
+                lambda m, i, o: setattr(self, "output", feature_grid(o))
+            )
         return self
 
     def __exit__(self, *exc) -> None:

@@ -28,22 +28,17 @@ def collect_features(
     Returns (on the CPU, float32): ``maps`` (N, C, h, w), ``pooled`` (N, D) (the input of the head,
     :meth:`~vislight.models.classifier.Classifier.head`), ``logits`` (N, K), ``labels`` (N,), ``indices`` (N,).
     """
-    head = classifier.head()
-    grabbed: dict[str, torch.Tensor] = {}
-    hook = head.register_forward_pre_hook(lambda m, i: grabbed.__setitem__("pooled", i[0]))
     out: dict[str, list[torch.Tensor]] = {"maps": [], "pooled": [], "logits": [], "labels": []}
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False)
-    try:
-        with frozen(classifier), FeatureHook(layer) as maps:
-            for batch in tqdm(loader, desc=desc, leave=False, mininterval=1.0):
-                check()
-                logits = classifier(batch["image"].to(device))
-                out["maps"].append(maps.output.float().cpu())
-                out["pooled"].append(grabbed["pooled"].flatten(1).float().cpu())
-                out["logits"].append(logits.float().cpu())
-                out["labels"].append(torch.as_tensor(batch["label"]))
-    finally:
-        hook.remove()
+    head = FeatureHook(classifier.head(), inputs=True)
+    with frozen(classifier), FeatureHook(layer) as maps, head:
+        for batch in tqdm(loader, desc=desc, leave=False, mininterval=1.0):
+            check()
+            logits = classifier(batch["image"].to(device))
+            out["maps"].append(maps.output.float().cpu())
+            out["pooled"].append(head.output.flatten(1).float().cpu())
+            out["logits"].append(logits.float().cpu())
+            out["labels"].append(torch.as_tensor(batch["label"]))
     result = {k: torch.cat(v) for k, v in out.items()}
     result["indices"] = torch.as_tensor(list(indices))
     return result

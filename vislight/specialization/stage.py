@@ -20,8 +20,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vislight.interrupt import StopCallback, check
-from vislight.models.probe import frozen
+from vislight.interrupt import StopCallback
+from vislight.models.probe import dataset_probabilities
 from vislight.specialization.features import collect_features
 from vislight.specialization.groups import confused_groups, soft_confusion
 from vislight.specialization.module import SpecializationModule
@@ -62,13 +62,8 @@ def choose_groups(
 ) -> tuple[list[list[int]], np.ndarray]:
     """The ``num_groups`` groups of ``group_size`` classes the classifier confuses most on
     ``dataset`` (soft confusion). Returns ``(groups, confusion)``."""
-    probs, labels = [], []
-    with frozen(classifier):
-        for batch in DataLoader(dataset, batch_size=64, shuffle=False):
-            check()
-            probs.append(classifier(batch["image"].to(device)).softmax(1).float().cpu())
-            labels.append(torch.as_tensor(batch["label"]))
-    conf = soft_confusion(torch.cat(probs).numpy(), torch.cat(labels).numpy(), num_classes)
+    probs, labels = dataset_probabilities(classifier, dataset, device)
+    conf = soft_confusion(probs.numpy(), labels.numpy(), num_classes)
     return confused_groups(conf, num_groups, group_size), conf
 
 
