@@ -26,6 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from vislight.config_ranges import check_ranges
 from vislight.data.datamodule import ClassificationDataModule, check_data_root
+from vislight.data.parts import TaggingSettings
 from vislight.devices import assign_job_device, resolve_device
 from vislight.distributed import global_rank
 from vislight.errors import ConfigError
@@ -36,7 +37,7 @@ from vislight.masks.optimize import MaskConfig
 from vislight.models.classifier import Classifier
 from vislight.run_folder import RunFolder
 from vislight.specialization.config import validate_specialize
-from vislight.stages import ALL_RANK_STAGES, NEEDS, STAGES, RunContext, model_config
+from vislight.stages import ALL_RANK_STAGES, NEEDS, STAGES, RunContext, Settings, model_config
 
 __all__ = ["ConfigError", "assign_job_device", "execute", "model_config", "run", "validate"]
 
@@ -45,8 +46,9 @@ log = logging.getLogger(__name__)
 SIMILARITY_MODES = ("faiss", "dense")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check the config before any heavy work; raises :class:`ConfigError` naming the key."""
+def validate(cfg: DictConfig) -> Settings:
+    """Check the config before any heavy work; raises :class:`ConfigError` naming the key.
+    Returns the typed config groups the run's stages use, built once here."""
     check_ranges(cfg)
     stages = list(cfg.stages)
     unknown = [s for s in stages if s not in STAGES]
@@ -65,11 +67,14 @@ def validate(cfg: DictConfig) -> None:
                 f"stages={stages}: {name!r} needs {missing} before it (no stage runs another); "
                 f"the full order is {list(STAGES)}"
             )
+    masks = tagging = None
     if "masks" in stages:
         try:
-            MaskConfig.from_cfg(cfg.masks)
+            masks = MaskConfig.from_cfg(cfg.masks)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if "summaries" in stages:
+        tagging = TaggingSettings.from_cfg(cfg.tagging)
     if "summaries" in stages and cfg.similarity.mode not in SIMILARITY_MODES:
         raise ConfigError(
             f"similarity.mode={cfg.similarity.mode!r} is invalid: it must be faiss or dense"
@@ -77,6 +82,7 @@ def validate(cfg: DictConfig) -> None:
     if "groups" in stages or "specialize" in stages:
         validate_specialize(cfg)
     check_data_root(cfg.data)
+    return Settings(masks=masks, tagging=tagging)
 
 
 def run(cfg: DictConfig, output_dir: Path | None = None) -> dict:
@@ -95,7 +101,7 @@ def execute(
 
     SIGINT / SIGTERM stop the run at the next safe point (:class:`RunInterrupted`); rerunning the
     same config resumes it (trained weights, masks and regions are cached)."""
-    validate(cfg)
+    settings = validate(cfg)
     run_folder = RunFolder(Path(output_dir or cfg.paths.output_dir))
     run_folder.root.mkdir(parents=True, exist_ok=True)
     if global_rank() == 0:
@@ -104,6 +110,7 @@ def execute(
         cfg=cfg,
         run=run_folder,
         device=resolve_device(cfg.device),
+        settings=settings,
         classifier=classifier,
         datamodule=datamodule,
     )

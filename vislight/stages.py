@@ -20,12 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from vislight.data.datamodule import ClassificationDataModule, build_datamodule
 from vislight.data.decoded import decoded_once
+from vislight.data.parts import TaggingSettings
 from vislight.distributed import global_rank
 from vislight.errors import ConfigError
 from vislight.evaluation.accuracy import evaluate_accuracy
 from vislight.interrupt import StopCallback
 from vislight.io import write_json
 from vislight.loggers import log_media
+from vislight.masks.optimize import MaskConfig
 from vislight.masks.stage import run_masks
 from vislight.models.classifier import Classifier
 from vislight.models.registry import build_classifier
@@ -35,6 +37,15 @@ from vislight.training.fit import classifier_cache_key, fit_or_load_classifier
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The typed config groups of a run, built and checked once by
+    :func:`vislight.pipeline.validate` (None: no stage of the run uses the group)."""
+
+    masks: MaskConfig | None = None
+    tagging: TaggingSettings | None = None
+
+
 @dataclass
 class RunContext:
     """What the stages share within one job."""
@@ -42,6 +53,7 @@ class RunContext:
     cfg: DictConfig
     run: RunFolder
     device: torch.device
+    settings: Settings = field(default_factory=Settings)
     metrics: dict = field(default_factory=dict)
     loggers: list = field(default_factory=list)
     classifier: Classifier | None = None
@@ -163,6 +175,7 @@ def stage_masks(ctx: RunContext) -> None:
         masks_cfg,
         ctx.cfg.trainer,
         ctx.run,
+        mask_config=ctx.settings.masks,
     )
     ctx.mask_files = section.pop("files")
     per_class = section.pop("per_class")
@@ -194,6 +207,7 @@ def stage_summaries(ctx: RunContext) -> None:
         ctx.cfg,
         ctx.device,
         cache_dir=ctx.run.regions,
+        tagging=ctx.settings.tagging,
     )
     write_json(ctx.run.summaries, summaries)
     ctx.summaries = summaries

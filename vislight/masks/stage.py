@@ -135,10 +135,12 @@ def run_masks(
     cfg: Mapping,
     trainer_cfg: Mapping,
     run: RunFolder,
+    mask_config: MaskConfig | None = None,
 ) -> dict:
     """Optimise (or reuse) the masks of the selected images; returns the ``mask`` metrics section
-    plus ``per_class`` diagnostics and the list of mask ``files``."""
-    mask_cfg = MaskConfig.from_cfg(cfg)
+    plus ``per_class`` diagnostics and the list of mask ``files``. ``mask_config``: the typed
+    ``cfg`` when the caller built it already (the pipeline's validate does)."""
+    mask_cfg = mask_config or MaskConfig.from_cfg(cfg)
     chosen, skipped = select_images(
         labels, predictions, class_names, cfg.get("classes"), int(cfg["images_per_class"])
     )

@@ -73,11 +73,13 @@ def class_regions(
     cache_dir: Path | None = None,
     source: str = "ours",
     sharp_of=None,
+    tagging: TaggingSettings | None = None,
 ) -> RegionSet:
     """The class's RegionSet, read from ``cache_dir/<source>/<class>.npz`` when it was made under
-    the same key, else collected (and cached)."""
+    the same key, else collected (and cached). ``tagging``: ``cfg["tagging"]`` typed, when the
+    caller built it already."""
     layer = cfg["similarity"].get("layer")
-    tagging = TaggingSettings.from_cfg(cfg["tagging"])
+    tagging = tagging or TaggingSettings.from_cfg(cfg["tagging"])
     key = region_key(
         items, cfg["regions"], layer, cfg["masks"], source, tagging.keypoint_margin,
         tagging.tag_min_share,
@@ -355,6 +357,7 @@ def run_summaries(
     cfg: Mapping,
     device: torch.device,
     cache_dir: Path | None = None,
+    tagging: TaggingSettings | None = None,
 ) -> tuple[dict, dict]:
     """All classes: returns ``(summaries_json, metrics)`` where metrics holds ``classes`` and the
     top-level measures of :func:`aggregate` and, when ``baselines.enabled``, the same numbers for
@@ -366,11 +369,12 @@ def run_summaries(
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise ValueError(f"baselines.names holds {unknown}; known: {list(BASELINES)}")
+    tagging = tagging or TaggingSettings.from_cfg(cfg["tagging"])
     ours: dict[str, RegionSet] = {}
     classes_out, class_metrics = {}, {}
     for name, items in mask_files.items():
         ours[name] = class_regions(
-            classifier, dataset, name, targets[name], items, cfg, device, cache_dir
+            classifier, dataset, name, targets[name], items, cfg, device, cache_dir, tagging=tagging
         )
         classes_out[name], class_metrics[name] = _summarize_source(
             classifier, dataset, ours[name], cfg, device
@@ -393,7 +397,8 @@ def run_summaries(
                 regions, kw = ours[name], {"kmeans_k": int(baselines_cfg["kmeans_k"])}
             else:
                 regions = class_regions(classifier, dataset, name, targets[name], items, cfg,
-                                        device, cache_dir, source=source, sharp_of=sharp_of)  # fmt: skip
+                                        device, cache_dir, source=source, sharp_of=sharp_of,
+                                        tagging=tagging)  # fmt: skip
                 kw = {}
             # the parts a class needs do not depend on the method: ours were measured already
             known = {k: class_metrics[name][k] for k in ("part_drops", "needed_parts") if k in class_metrics[name]}  # fmt: skip
