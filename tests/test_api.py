@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import run_vislight
+from PIL import Image
 
 import vislight
 from vislight.api import Explanation
@@ -108,6 +109,10 @@ def test_tensors_give_the_regions_of_the_same_images_in_a_folder(example, tmp_pa
         (lambda net, x: vislight.explain(net, x[:, :1], [0] * len(x)), r"\(3, H, W\)"),
         (lambda net, x: vislight.explain(net, x, [5] * len(x), classes=["a", "b"]), "one name"),
         (lambda net, x: vislight.explain(3, x), "nn.Module or a zoo name"),
+        (
+            lambda net, x: vislight.explain(net, [(Image.new("RGB", (8, 8)), 0)], input_size=8),
+            "to_tensor",
+        ),
     ],
 )
 def test_bad_api_input_is_named(call, message):
@@ -144,3 +149,21 @@ def test_explained_images_are_decoded_once_after_the_evaluation(example, tmp_pat
     # the evaluation; an explained image once more for masks, regions, baselines and the report
     # together (without DecodedOnce: 5 to 6 reads)
     assert Counter(reads.values()) == {2: len(reads) - masked, 3: masked}
+
+
+def test_any_folder_name_is_fine(tmp_path):
+    """Folder and class names reach the config as values, not as command-line overrides."""
+    root = tmp_path / "my images (v1), bob's"
+    for name in ("cat's", "a, b"):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(root / name / "x.png")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 2))  # fmt: skip
+    result = vislight.explain(
+        net, root, classes=["a, b", "cat's"], input_size=16, output_dir=tmp_path / "run",
+        overrides=["logger=none", "stages=[classifier,evaluate]"],
+    )  # fmt: skip
+    assert result.metrics["test_images"] == 2 and list(result.metrics["classes"]) == [
+        "a, b",
+        "cat's",
+    ]

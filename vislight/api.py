@@ -204,7 +204,13 @@ class InMemoryImages(Dataset):
                 label = labels[i]
             if label is None:
                 raise ValueError(f"image {i} has no label: pass labels=[...] (class indices)")
-            image = torch.as_tensor(image, dtype=torch.float32)
+            if not torch.is_tensor(image) and not isinstance(image, np.ndarray):
+                raise ValueError(
+                    f"image {i} is a {type(image).__name__}: give (3, H, W) tensors in [0, 1] "
+                    "(torchvision.transforms.functional.to_tensor converts a PIL image), or a "
+                    "folder of image files"
+                )
+            image = torch.as_tensor(image).detach().to("cpu", torch.float32)
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(
                     f"image {i} has shape {tuple(image.shape)}: images must be (3, H, W) RGB "
@@ -220,7 +226,7 @@ class InMemoryImages(Dataset):
                     TF.resize(image, self.input_size, antialias=True), [self.input_size] * 2
                 )
             images.append(image.contiguous())
-            targets.append(int(label))
+            targets.append(int(label.item() if torch.is_tensor(label) else label))
         if not images:
             raise ValueError("no images given: pass a non-empty tensor, dataset or folder")
         self.images, self.labels = images, targets
@@ -326,11 +332,22 @@ def explain(
     if isinstance(model, str):
         overrides.append(f"model={model}")
     if isinstance(images, (str, Path)):
-        overrides += ["data=folder", f"data.root={Path(images).expanduser().resolve()}"]
-        if classes:  # the folders in the model's output order
-            quoted = ",".join("'" + c.replace("'", "\\'") + "'" for c in classes)
-            overrides.append(f"data.classes=[{quoted}]")
+        overrides.append("data=folder")
     cfg = compose_config(overrides)
+    with open_dict(cfg):  # set, not parsed as overrides: any folder or class name is fine
+        if isinstance(images, (str, Path)):
+            cfg.data.root = str(Path(images).expanduser().resolve())
+            if classes:  # the folders in the model's output order
+                cfg.data.classes = list(classes)
+        elif images is not None:  # in memory: the model's input size follows the images
+            side = input_size or (int(images.shape[-1]) if torch.is_tensor(images) else None)
+            cfg.data = {"kind": "memory", "name": "images", "batch_size": 64, "num_workers": 0,
+                        "image_size": side or 224,
+                        "num_classes": len(classes) if classes else None}  # fmt: skip
+        # one run folder: the default name is a time stamp, read once here
+        cfg.paths.output_dir = str(
+            Path(output_dir).expanduser().resolve() if output_dir else cfg.paths.output_dir
+        )
 
     classifier = None
     if isinstance(model, nn.Module):
@@ -373,11 +390,7 @@ def explain(
                 "name per model output"
             )
         datamodule = InMemoryDataModule(dataset, names)
-        with open_dict(cfg):
-            cfg.data = {"kind": "memory", "name": "images", "batch_size": 64, "num_workers": 0}
     with open_dict(cfg):
-        if output_dir is not None:
-            cfg.paths.output_dir = str(Path(output_dir).expanduser().resolve())
         if not report:
             cfg.stages = [s for s in cfg.stages if s != "report"]
     ctx = execute(cfg, None, classifier=classifier, datamodule=datamodule)

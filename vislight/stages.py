@@ -116,6 +116,14 @@ def stage_classifier(ctx: RunContext) -> None:
         model_cfg["num_classes"] = len(dm.classes)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same random init on every rank
     classifier = build_classifier(model_cfg)  # fails early on missing weights
+    new_head = getattr(classifier.net, "vislight_new_head", None)
+    if new_head and not cfg.train.enabled:
+        raise ConfigError(
+            f"the checkpoint's head {new_head!r} has another class count than model.num_classes="
+            f"{model_cfg['num_classes']}: it was replaced by a random one, and an untrained head "
+            "cannot be explained. Train it first (train.enabled=true train.trainable=head), or "
+            "set model.num_classes to the checkpoint's"
+        )
     info: dict = {"trained": False, "reused": False}
     if cfg.train.enabled:
         key = classifier_cache_key(

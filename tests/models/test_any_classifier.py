@@ -35,6 +35,9 @@ NET_FILE = textwrap.dedent(
 
     def not_a_net():
         return 3
+
+    def broken():
+        raise RuntimeError("boom inside the user's factory")
     """
 )
 
@@ -126,7 +129,7 @@ def test_custom_network_from_a_file_with_its_weights(net_file, tmp_path):
         ({"target": "build_net"}, "needs a module and a name"),
         ({"target": "{file}:missing"}, "has no callable 'missing'"),
         ({"target": "{file}:not_a_net"}, "not a torch.nn.Module"),
-        ({"target": "{file}:build_net", "kwargs": {"depth": 3}}, "failed with model.kwargs"),
+        ({"target": "{file}:build_net", "kwargs": {"depth": 3}}, "does not take model.kwargs"),
         ({"target": "{file}:build_net", "pretrained": True}, "weights_path is not set"),
         ({"target": "{file}:build_net", "pretrained": True, "weights_path": "/no/net.pth"},
          "does not exist"),
@@ -190,3 +193,48 @@ def test_a_vision_transformer_runs_every_stage(tmp_path):
     regions = sum(v.get("regions", 0) for v in metrics["classes"].values())
     assert metrics["mask"]["masked"] > 0 and regions > 0
     assert set(summaries) <= set(metrics["classes"])
+
+
+def test_a_bug_in_the_users_factory_is_not_reported_as_a_config_mistake(net_file):
+    with pytest.raises(RuntimeError, match="boom inside"):
+        build_classifier(model_cfg(family="custom", target=f"{net_file}:broken"))
+
+
+def test_a_layer_applied_twice_is_not_the_feature_layer():
+    class SharedActivation(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act = nn.Conv2d(3, 4, 3), nn.ReLU()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):  # the same ReLU after the conv and after the head
+            return self.act(self.fc(self.act(self.conv(x)).mean((2, 3))))
+
+    assert find_feature_layer(SharedActivation(), 16) == "conv"
+
+
+def test_grad_cam_reads_a_vision_transformer(tmp_path):
+    from vislight.summaries.baselines import gradcam
+
+    vit = build_classifier(model_cfg(family="timm", arch="vit_tiny_patch16_224",
+                                     kwargs={"img_size": 32, "patch_size": 8, "depth": 2}))  # fmt: skip
+    cam = gradcam(vit.eval(), vit.feature_module(), torch.rand(3, 32, 32), 1)
+    assert cam.shape == (32, 32) and cam.min() >= 0 and cam.max() <= 1
+
+
+def test_a_new_random_head_is_not_explained_untrained(tmp_path):
+    from helpers import compose_job_config
+    from safetensors.torch import save_file
+
+    from vislight.errors import ConfigError
+    from vislight.pipeline import run
+
+    seven = build_classifier(model_cfg(family="timm", arch="resnet18", num_classes=7))
+    save_file(seven.net.state_dict(), str(tmp_path / "r18.safetensors"))
+    cfg = compose_job_config(
+        ["logger=none", "model=timm", "model.pretrained=true",
+         f"model.weights_path={tmp_path / 'r18.safetensors'}", "stages=[classifier]"],
+        tmp_path,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="train.trainable=head"):
+        run(cfg)

@@ -362,9 +362,9 @@ def build_datamodule(
     try:
         return instantiate(cfg, input_size=input_size, resize_size=resize_size, _convert_="all")
     except InstantiationException as e:  # the entry's own error, without Hydra's wrapping
-        if isinstance(e.__cause__, (ValueError, FileNotFoundError)):
+        if e.__cause__ is not None:  # a config mistake (ValueError) or a bug, as raised there
             raise e.__cause__ from None
-        raise ValueError(f"data._target_={cfg['_target_']!r}: {e}") from None
+        raise ValueError(f"data._target_={cfg['_target_']!r}: {e}") from e
 
 
 class CubDataModule(ClassificationDataModule):

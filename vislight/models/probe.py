@@ -122,6 +122,7 @@ class FeatureHook:
 
     def __init__(self, module: nn.Module, inputs: bool = False):
         self.module, self.inputs, self.output, self._h = module, inputs, None, None
+        self.raw = None  # the module's own output (what gradients flow through)
 
     def __enter__(self) -> FeatureHook:
         if self.inputs:
@@ -129,10 +130,12 @@ class FeatureHook:
                 lambda m, i: setattr(self, "output", i[0])
             )
         else:
-            self._h = self.module.register_forward_hook(
-                lambda m, i, o: setattr(self, "output", feature_grid(o))
-            )
+            self._h = self.module.register_forward_hook(lambda m, i, o: self._keep(o))
         return self
+
+    def _keep(self, output) -> None:
+        self.raw = output[0] if isinstance(output, (tuple, list)) else output
+        self.output = feature_grid(output)
 
     def __exit__(self, *exc) -> None:
         self._h.remove()
@@ -159,10 +162,15 @@ def find_feature_layer(net: nn.Module, input_size: int) -> str:
         ValueError: when no module of ``net`` outputs a feature grid.
     """
     order: list[str] = []
+    calls: dict[str, int] = {}
+
+    def seen(name: str, output) -> None:
+        calls[name] = calls.get(name, 0) + 1
+        if _is_grid(output):
+            order.append(name)
+
     hooks = [
-        m.register_forward_hook(
-            lambda mod, i, o, name=name: order.append(name) if _is_grid(o) else None
-        )
+        m.register_forward_hook(lambda mod, i, o, name=name: seen(name, o))
         for name, m in net.named_modules()
         if name
     ]
@@ -173,6 +181,8 @@ def find_feature_layer(net: nn.Module, input_size: int) -> str:
     finally:
         for h in hooks:
             h.remove()
+    # a module applied several times (a shared activation) has no single output to read
+    order = [name for name in order if calls[name] == 1]
     if not order:
         raise ValueError(
             "found no layer with a spatial output (B, C, h, w) or patch tokens (B, T, C): set "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -81,6 +82,8 @@ def _load_into(net: nn.Module, state: dict, source: str, new_head: str | None = 
             f"weights from {source} do not fit the architecture: missing keys {missing[:5]}, "
             f"unexpected keys {unexpected[:5]}"
         )
+    if new_head:  # the stage refuses to explain an untrained head (see stages.stage_classifier)
+        net.vislight_new_head = new_head.rstrip(".")
 
 
 def _torchvision_cache_file(arch: str) -> tuple[Path, str]:
@@ -303,12 +306,15 @@ def _build_custom(cfg: Mapping) -> nn.Module:
         )
     factory = import_target(str(target))
     kwargs = dict(cfg.get("kwargs") or {})
-    try:
-        net = factory(**kwargs)
+    try:  # a kwargs mismatch is the config's fault; an error inside the factory is not
+        inspect.signature(factory).bind(**kwargs)
     except TypeError as e:
         raise ValueError(
-            f"model.target={target!r} failed with model.kwargs={kwargs}: {e}"
+            f"model.target={target!r} does not take model.kwargs={kwargs}: {e}"
         ) from None
+    except ValueError:  # no signature to check (some builtins): let the call tell
+        pass
+    net = factory(**kwargs)
     if not isinstance(net, nn.Module):
         raise ValueError(
             f"model.target={target!r} returned {type(net).__name__}, not a torch.nn.Module"
@@ -362,7 +368,6 @@ def build_classifier(cfg: Mapping) -> Classifier:
     try:
         return instantiate(dict(cfg), _convert_="all")
     except InstantiationException as e:  # the builder's own error, without Hydra's wrapping
-        cause = e.__cause__
-        if isinstance(cause, (ValueError, FileNotFoundError)):
-            raise cause from None
-        raise ValueError(f"model._target_={cfg['_target_']!r}: {e}") from None
+        if e.__cause__ is not None:  # a config mistake (ValueError) or a bug, as raised there
+            raise e.__cause__ from None
+        raise ValueError(f"model._target_={cfg['_target_']!r}: {e}") from e

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
-from vislight.models.probe import FeatureHook
+from vislight.models.probe import FeatureHook, feature_grid
 
 BASELINES = ("gradcam", "random", "kmeans")
 
@@ -29,8 +29,9 @@ def gradcam(
     x = image.unsqueeze(0).detach()
     with torch.enable_grad(), FeatureHook(layer) as hook:
         logits = model(x)
-        acts = hook.output  # (1, C, h, w)
-        (grads,) = torch.autograd.grad(logits[0, target], acts)
+        acts = hook.output  # (1, C, h, w); for tokens a reshaped view of hook.raw
+        (grads,) = torch.autograd.grad(logits[0, target], hook.raw)
+        grads = feature_grid(grads)
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * acts).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]

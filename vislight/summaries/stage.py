@@ -80,8 +80,10 @@ def class_regions(
     caller built it already."""
     layer = cfg["similarity"].get("layer")
     tagging = tagging or TaggingSettings.from_cfg(cfg["tagging"])
+    # the layer the descriptors really read (the model's, found automatically when unset)
+    read = classifier.feature_layer_name(layer) if classifier is not None else layer
     key = region_key(
-        items, cfg["regions"], layer, cfg["masks"], source, tagging.keypoint_margin,
+        items, cfg["regions"], read, cfg["masks"], source, tagging.keypoint_margin,
         tagging.tag_min_share,
     )  # fmt: skip
     path = Path(cache_dir) / source / f"{safe_name(class_name)}.npz" if cache_dir else None
