@@ -30,6 +30,7 @@ from vislight.evaluation.tagging import (
     summary_tag,
 )
 from vislight.masks.cache import safe_name
+from vislight.models.classifier import Classifier
 from vislight.regions.describe import blur_drops, random_placements
 from vislight.summaries.baselines import BASELINES, sharp_source
 from vislight.summaries.cluster import (
@@ -81,7 +82,7 @@ def class_regions(
     layer = cfg["similarity"].get("layer")
     tagging = tagging or TaggingSettings.from_cfg(cfg["tagging"])
     # the layer the descriptors really read (the model's, found automatically when unset)
-    read = classifier.feature_layer_name(layer) if classifier is not None else layer
+    read = classifier.feature_layer_name(layer) if isinstance(classifier, Classifier) else layer
     key = region_key(
         items, cfg["regions"], read, cfg["masks"], source, tagging.keypoint_margin,
         tagging.tag_min_share,
