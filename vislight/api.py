@@ -34,7 +34,8 @@ from vislight import CONF_DIR
 from vislight.data.datamodule import ClassificationDataModule
 from vislight.errors import ConfigError
 from vislight.models.classifier import Classifier
-from vislight.models.probe import frozen
+from vislight.models.probe import zero_forward
+from vislight.report.render import render
 from vislight.run_folder import RunFolder
 from vislight.summaries.rle import rle_decode
 
@@ -89,18 +90,12 @@ class Summary:
     members: list[Member]  # the exemplar first
     record: dict = field(repr=False)  # the summaries.json entry
 
-    def _repr_html_(self, max_members: int = 8) -> str:
-        cells = "".join(
-            f"<img src='data:image/png;base64,{_png_base64(m.crop())}' width=72 height=72 "
-            f"title='image {m.index}, similarity {m.similarity:.2f}' style='margin:1px'>"
-            for m in self.members[:max_members]
-        )
-        head = (
-            f"<b>{self.tag or 'summary'}</b> · {len(self.members)} regions in {self.support} images"
-            + (f" · purity {self.purity:.2f}" if self.purity is not None else "")
-            + ("" if self.faithful is not False else " · <i>not relied on</i>")
-        )
-        return f"<div style='margin:4px 0'>{head}<br>{cells}</div>"
+    def crops(self, max_members: int = 8) -> list[tuple[Member, str]]:
+        """The first members with their crops as base64 PNG (what the inline view shows)."""
+        return [(m, _png_base64(m.crop())) for m in self.members[:max_members]]
+
+    def _repr_html_(self) -> str:
+        return render("inline.html.j2", blocks=[(None, [(self, self.crops())])], run_dir=None)
 
 
 @dataclass
@@ -126,11 +121,8 @@ class Explanation:
         return f"Explanation({self.run_dir}, summaries per class {counts})"
 
     def _repr_html_(self) -> str:
-        blocks = [
-            f"<h4>{name}</h4>" + "".join(s._repr_html_() for s in summaries)
-            for name, summaries in self.summaries.items()
-        ]
-        return "<div>" + "".join(blocks) + f"<small>run folder: {self.run_dir}</small></div>"
+        blocks = [(name, [(s, s.crops()) for s in ss]) for name, ss in self.summaries.items()]
+        return render("inline.html.j2", blocks=blocks, run_dir=str(self.run_dir))
 
 
 def _png_base64(arr: np.ndarray) -> str:
@@ -230,6 +222,10 @@ class InMemoryImages(Dataset):
         if not images:
             raise ValueError("no images given: pass a non-empty tensor, dataset or folder")
         self.images, self.labels = images, targets
+        self.keys = [  # stable per image content (mask files are named by it)
+            f"img-{i:06d}-{hashlib.sha1(im.numpy().tobytes()).hexdigest()[:10]}"
+            for i, im in enumerate(images)
+        ]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -238,10 +234,8 @@ class InMemoryImages(Dataset):
         return list(self.labels)
 
     def __getitem__(self, index: int) -> dict:
-        image = self.images[index]
-        digest = hashlib.sha1(image.numpy().tobytes()).hexdigest()[:10]
-        return {"image": image, "label": self.labels[index], "index": index,
-                "key": f"img-{index:06d}-{digest}"}  # fmt: skip
+        return {"image": self.images[index], "label": self.labels[index], "index": index,
+                "key": self.keys[index]}  # fmt: skip
 
 
 class InMemoryDataModule(ClassificationDataModule):
@@ -264,9 +258,7 @@ class InMemoryDataModule(ClassificationDataModule):
 
 
 def _output_count(net: nn.Module, input_size: int) -> int:
-    with frozen(net):
-        device = next((p.device for p in net.parameters()), torch.device("cpu"))
-        out = net(torch.zeros(1, 3, input_size, input_size, device=device))
+    out = zero_forward(net, input_size)
     if not torch.is_tensor(out) or out.dim() != 2:
         raise ValueError(
             f"the model returns {type(out).__name__}"
@@ -334,16 +326,18 @@ def explain(
     if isinstance(images, (str, Path)):
         overrides.append("data=folder")
     cfg = compose_config(overrides)
+    side = input_size or (int(images.shape[-1]) if torch.is_tensor(images) else None)
     with open_dict(cfg):  # set, not parsed as overrides: any folder or class name is fine
         if isinstance(images, (str, Path)):
             cfg.data.root = str(Path(images).expanduser().resolve())
             if classes:  # the folders in the model's output order
                 cfg.data.classes = list(classes)
         elif images is not None:  # in memory: the model's input size follows the images
-            side = input_size or (int(images.shape[-1]) if torch.is_tensor(images) else None)
             cfg.data = {"kind": "memory", "name": "images", "batch_size": 64, "num_workers": 0,
                         "image_size": side or 224,
                         "num_classes": len(classes) if classes else None}  # fmt: skip
+        if not report:
+            cfg.stages = [s for s in cfg.stages if s != "report"]
         # one run folder: the default name is a time stamp, read once here
         cfg.paths.output_dir = str(
             Path(output_dir).expanduser().resolve() if output_dir else cfg.paths.output_dir
@@ -354,9 +348,6 @@ def explain(
         if isinstance(model, Classifier):
             classifier = model
         else:
-            side = input_size
-            if side is None and torch.is_tensor(images):
-                side = int(images.shape[-1])
             if side is None:
                 raise ValueError(
                     "explain(nn.Module, ...) needs input_size= (the model's input side)"
@@ -390,9 +381,6 @@ def explain(
                 "name per model output"
             )
         datamodule = InMemoryDataModule(dataset, names)
-    with open_dict(cfg):
-        if not report:
-            cfg.stages = [s for s in cfg.stages if s != "report"]
     ctx = execute(cfg, None, classifier=classifier, datamodule=datamodule)
     dataset = ctx.datamodule.test_set
     return Explanation(

@@ -171,28 +171,25 @@ def test_cache_hit_reloads_identical_weights(resumed, tmp_path):
 
 def test_force_retrains(resumed, tmp_path):
     clf = build_classifier(small_cnn_cfg("resnet_small", num_classes=3, width=8))
-    log = EpochLog()
-    info = fit_or_load_classifier(
-        clf,
-        resumed["dm"],
-        {**TRAIN_CFG, "epochs": 1, "force": True},
-        tmp_path / "cache",
-        lambda cbs: _trainer(cbs + [log], 1, tmp_path),
-        RunFolder(tmp_path / "out"),
-    )
+
+    def forced() -> tuple[dict, EpochLog]:
+        log = EpochLog()
+        info = fit_or_load_classifier(
+            clf,
+            resumed["dm"],
+            {**TRAIN_CFG, "epochs": 1, "force": True},
+            tmp_path / "cache",
+            lambda cbs: _trainer(cbs + [log], 1, tmp_path),
+            RunFolder(tmp_path / "out"),
+        )
+        return info, log
+
+    info, log = forced()
     assert info["trained"] is True and info["resumed"] is False and log.started == [0]
     # A stale half-finished training is not resumed when force is set.
     (tmp_path / "cache" / "lightning").mkdir()
     (tmp_path / "cache" / "lightning" / "last.ckpt").write_bytes(b"stale")
-    log = EpochLog()
-    info = fit_or_load_classifier(
-        clf,
-        resumed["dm"],
-        {**TRAIN_CFG, "epochs": 1, "force": True},
-        tmp_path / "cache",
-        lambda cbs: _trainer(cbs + [log], 1, tmp_path),
-        RunFolder(tmp_path / "out"),
-    )
+    info, log = forced()
     assert info["trained"] is True and info["resumed"] is False and log.started == [0]
 
 

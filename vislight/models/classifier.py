@@ -10,6 +10,12 @@ from torch import nn
 from vislight.models.probe import find_feature_layer
 
 
+def last_linear(net: nn.Module) -> nn.Linear | None:
+    """The last ``nn.Linear`` of ``net`` in module order (a classifier's head), or None."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 class Classifier(nn.Module):
     """A network that takes images in [0, 1] and returns logits.
 
@@ -55,10 +61,10 @@ class Classifier(nn.Module):
 
     def head(self) -> nn.Linear:
         """The last ``nn.Linear`` of ``net`` (its input: the pooled penultimate features)."""
-        linears = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
-        if not linears:
+        head = last_linear(self.net)
+        if head is None:
             raise ValueError(f"{self.name} has no nn.Linear head")
-        return linears[-1]
+        return head
 
     def feature_layer_name(self, layer: str | None = None) -> str:
         """``layer``, else :attr:`feature_layer`, found automatically (and kept) when it is None."""

@@ -65,6 +65,18 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` runs: its parameters' device (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def zero_forward(model: nn.Module, input_size: int):
+    """``model``'s output on one black (1, 3, input_size, input_size) image, the model frozen
+    (probes its output shape and, with hooks, its layers)."""
+    with frozen(model):
+        return model(torch.zeros(1, 3, input_size, input_size, device=model_device(model)))
+
+
 def class_probabilities(
     model: nn.Module,
     images: torch.Tensor | list[torch.Tensor],
@@ -81,8 +93,7 @@ def class_probabilities(
     Returns:
         (N,) float on the CPU.
     """
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device or model_device(model)
     out = []
     with frozen(model):
         for k in range(0, len(images), batch_size):
@@ -92,7 +103,6 @@ def class_probabilities(
     return torch.cat(out) if out else torch.zeros(0)
 
 
-@torch.no_grad()
 def dataset_probabilities(
     model: nn.Module, dataset, device: torch.device | str, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,9 +185,7 @@ def find_feature_layer(net: nn.Module, input_size: int) -> str:
         if name
     ]
     try:
-        with frozen(net):
-            device = next((p.device for p in net.parameters()), torch.device("cpu"))
-            net(torch.zeros(1, 3, input_size, input_size, device=device))
+        zero_forward(net, input_size)
     finally:
         for h in hooks:
             h.remove()

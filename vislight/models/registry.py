@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vislight.models.cifar_resnet import CifarResNet
-from vislight.models.classifier import Classifier
+from vislight.models.classifier import Classifier, last_linear
 from vislight.models.small_cnns import SMALL_CNNS
 
 
@@ -166,13 +166,9 @@ def _build_efficientnet_lite(cfg: Mapping) -> nn.Module:
                 "or pass model.weights_path=/path/to/weights.pth"
             ) from None
         path = getattr(module, f"EfficientnetLite{level}ModelFile").get_model_file_path()
+    # the ImageNet head does not fit a task with other classes: keep the random new one
     state = load_state_dict_file(path, trusted=cfg.get("trusted_checkpoint", False))
-    new_head = None
-    head = state.get("_fc.weight")
-    if head is not None and head.shape[0] != cfg.get("num_classes", 1000):
-        # the ImageNet head does not fit a task with other classes: keep the random new one
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        new_head = "_fc."
+    state, new_head = _without_mismatched_head(net, state)
     _load_into(net, state, str(path), new_head)
     return net
 
@@ -225,19 +221,20 @@ def _load_weights(net: nn.Module, cfg: Mapping, what: str) -> None:
             "(vislight never downloads weights), or set model.pretrained=false"
         )
     state = load_state_dict_file(path, trusted=cfg.get("trusted_checkpoint", False))
-    head = _last_linear(net)
-    head_name = next((n for n, m in net.named_modules() if m is head), None)
-    new_head = None
-    theirs = state.get(f"{head_name}.weight") if head_name is not None else None
-    if theirs is not None and theirs.shape != head.weight.shape:
-        state = {k: v for k, v in state.items() if not k.startswith(f"{head_name}.")}
-        new_head = f"{head_name}."
+    state, new_head = _without_mismatched_head(net, state)
     _load_into(net, state, str(path), new_head)
 
 
-def _last_linear(net: nn.Module) -> nn.Module | None:
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+def _without_mismatched_head(net: nn.Module, state: dict) -> tuple[dict, str | None]:
+    """``state`` without the head's keys when the checkpoint's head has another shape than
+    ``net``'s (another class count: the net keeps its new random head), and that head's key prefix
+    (None when the head fits)."""
+    head = last_linear(net)
+    name = next((n for n, m in net.named_modules() if m is head), None)
+    theirs = state.get(f"{name}.weight") if name is not None else None
+    if theirs is None or theirs.shape == head.weight.shape:
+        return state, None
+    return {k: v for k, v in state.items() if not k.startswith(f"{name}.")}, f"{name}."
 
 
 def _build_timm(cfg: Mapping) -> nn.Module:
@@ -258,7 +255,7 @@ def _build_timm(cfg: Mapping) -> nn.Module:
             arch, pretrained=False, num_classes=int(cfg["num_classes"]), **kwargs
         )
     except TypeError as e:
-        raise ValueError(f"model.kwargs={kwargs} do not fit timm's {arch}: {e}") from None
+        raise ValueError(f"model.kwargs={kwargs} do not fit timm's {arch}: {e}") from e
     _load_weights(net, cfg, f"timm {arch}")
     return net
 

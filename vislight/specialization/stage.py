@@ -51,7 +51,6 @@ def _indices_of(dataset, classes: Sequence[int]) -> list[int]:
     return [i for i, y in enumerate(dataset.targets()) if y in wanted]
 
 
-@torch.no_grad()
 def choose_groups(
     classifier: torch.nn.Module,
     dataset,
