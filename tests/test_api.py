@@ -100,6 +100,26 @@ def test_tensors_give_the_regions_of_the_same_images_in_a_folder(example, tmp_pa
         result.report()
 
 
+def test_summaries_apply_to_new_images_in_memory(example):
+    """Explanation.apply: the run's summaries located in images it never saw (unlabelled)."""
+    out, result, ns = example
+    val = ns["SynthPartDataset"](ns["WORLD"], "val", 10, 32, progress=False)
+    images = torch.stack([val[i]["image"] for i in range(len(val))])
+    applied = result.apply(images, name="fresh")
+    assert (out / "run" / "apply" / "fresh" / "index.html").is_file()
+    assert len(applied["images"]) == len(val)
+    assert all(e["label"] is None for e in applied["images"])
+    right = [
+        e["predicted"] == ns["CLASSES"][val[i]["label"]] for i, e in enumerate(applied["images"])
+    ]
+    assert np.mean(right) >= 0.8  # the run's own classifier, from memory
+    # every summary of the predicted class is located, with its box inside the image
+    for e in applied["images"]:
+        numbers = len(result.summaries.get(e["predicted"], []))
+        assert len(e["summaries"]) == numbers
+        assert all(0 <= s["box"][0] < s["box"][2] <= 32 for s in e["summaries"])
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -72,9 +72,9 @@ class Member:
 
     def crop(self) -> np.ndarray:
         """(h, w, 3) uint8: the region with some context, the rest dimmed (as in the report)."""
-        from vislight.report.html import _to_uint8, region_crop
+        from vislight.report.html import region_crop, to_uint8
 
-        return region_crop(_to_uint8(self.image), self.mask, self.box)
+        return region_crop(to_uint8(self.image), self.mask, self.box)
 
 
 @dataclass
@@ -106,6 +106,30 @@ class Explanation:
     summaries: dict[str, list[Summary]]
     metrics: dict
     dataset: Dataset = field(repr=False)
+    classifier: nn.Module | None = field(default=None, repr=False)
+
+    def apply(
+        self,
+        images: str | Path | torch.Tensor | Dataset,
+        labels: Sequence[int] | torch.Tensor | None = None,
+        name: str = "new_images",
+        overrides: Sequence[str] = (),
+    ) -> dict:
+        """Locate these summaries in new images (as ``python -m vislight.apply``): per image, the
+        summaries of its predicted class found there, their boxes, p-values and deletion checks,
+        and the atypical flag. ``images``: a folder of class folders, an (N, 3, H, W) tensor in
+        [0, 1] or a dataset; ``labels`` (optional) class indices of the model's outputs.
+        Returns the content of ``apply/<name>/apply.json`` (also written, with HTML pages)."""
+        from vislight.apply.run import apply_run
+
+        overrides = [f"apply.name={name}", *overrides]
+        memory = None
+        if isinstance(images, (str, Path)):
+            overrides.append(f"data.root={Path(images).expanduser().resolve()}")
+        else:
+            side = int(self.dataset[0]["image"].shape[-1])
+            memory = InMemoryImages(images, labels, side, unlabelled=True)
+        return apply_run(self.run_dir, overrides, classifier=self.classifier, images=memory)
 
     def report(self) -> Path:
         """The run's HTML report (``report/index.html``), written by the ``report`` stage."""
@@ -176,7 +200,7 @@ class InMemoryImages(Dataset):
     centre-cropped), ``label``, ``index``, ``key`` (a hash of the image's pixels).
     """
 
-    def __init__(self, source, labels, input_size: int):
+    def __init__(self, source, labels, input_size: int, unlabelled: bool = False):
         from torchvision.transforms.v2 import functional as TF
 
         self.input_size = int(input_size)
@@ -194,6 +218,8 @@ class InMemoryImages(Dataset):
                 image, label = item, None
             if labels is not None:
                 label = labels[i]
+            if label is None and unlabelled:  # applying summaries needs no label
+                label = -1
             if label is None:
                 raise ValueError(f"image {i} has no label: pass labels=[...] (class indices)")
             if not torch.is_tensor(image) and not isinstance(image, np.ndarray):
@@ -388,4 +414,5 @@ def explain(
         summaries=summaries_from_records(ctx.summaries or {"classes": {}}, dataset),
         metrics=ctx.metrics,
         dataset=dataset,
+        classifier=ctx.classifier,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, ListConfig
@@ -199,6 +199,21 @@ RANGES: dict[str, Range] = {
     # baselines: Grad-CAM / random / k-means baselines (conf/baselines/default.yaml).
     "baselines.kmeans_k": COUNT,
     "baselines.seed": SEED,
+    # apply: a finished run's summaries in new images (conf/apply/default.yaml).
+    "apply.min_p_value": Range(0, 1, upper_open=True),
+    "apply.min_drop_over_random": Range(-1, 1),  # a difference of relative drops
+    "apply.random_boxes": COUNT,
+    "apply.seed": SEED,
+    "apply.max_images_per_class": _int(1, nullable=True),
+    "apply.batch_size": COUNT,
+    "apply.max_shown_per_class": _int(1, nullable=True),
+    # study: the user-study kit (conf/study/default.yaml).
+    "study.members": _int(2),  # k >= 2: an intruder among 1 member is no question
+    "study.min_support": _int(1, nullable=True),
+    "study.max_trials": _int(1, nullable=True),
+    "study.port": _int(0, 65535),  # 0 = any free port
+    "study.seed": SEED,
+    "study.confidence": Range(0, 1, lower_open=True, upper_open=True),
     # specialize: summary-driven specialisation (conf/specialize/default.yaml).
     "specialize.num_groups": COUNT,
     "specialize.group_size": _int(2),  # a group of confused classes
@@ -273,6 +288,17 @@ def numeric_values(cfg: DictConfig) -> dict[str, object]:
         for key, value in _leaves(cfg)
         if _is_number(value) or (value is None and range_for(key) is not None)
     }
+
+
+def check_group(group: str, values: Mapping) -> None:
+    """Raise :class:`ConfigError` for the first value of one config group (``values``: its keys
+    without the group prefix) out of its declared range."""
+    for key, value in values.items():
+        allowed = RANGES.get(f"{group}.{key}")
+        if allowed is not None and not allowed.contains(value):
+            raise ConfigError(
+                f"{group}.{key}={value!r} is out of range: it must be {allowed.text()}"
+            )
 
 
 def check_ranges(cfg: DictConfig) -> None:

@@ -9,6 +9,9 @@
 ``masks/<class>/<key>.npz``      one crisp mask per explained image (cached, resumable)
 ``summaries.json``               the summaries per class, members with boxes and RLE masks
 ``summaries/regions/<source>/``  each class's measured regions (a cached ``RegionSet``)
+``summaries/baselines/<b>.json``  each baseline's summaries, in ``summaries.json``'s format
+``apply/<name>/``                 the summaries located in new images (``python -m vislight.apply``)
+``study/``                        the user-study kit's trials, crops and answers (``vislight.study``)
 ``report/index.html``            the HTML report (``report/masks.html``: per-image masks)
 ``wandb/``                       the offline W&B run, when W&B is on
 ===============================  ==============================================================
@@ -53,6 +56,19 @@ class RunFolder:
     def regions(self) -> Path:
         """``summaries/regions``: one subfolder per mask source (``ours``, ``gradcam``, ...)."""
         return self.root / "summaries" / "regions"
+
+    def baseline_summaries(self, name: str) -> Path:
+        """``summaries/baselines/<name>.json``: a baseline's summaries (``gradcam``, ...)."""
+        return self.root / "summaries" / "baselines" / f"{name}.json"
+
+    def applied(self, name: str) -> Path:
+        """``apply/<name>``: one application of the summaries to new images."""
+        return self.root / "apply" / name
+
+    @property
+    def study(self) -> Path:
+        """``study``: the user study's trials, crops and answers."""
+        return self.root / "study"
 
     @property
     def report(self) -> Path:

@@ -152,6 +152,7 @@ def stage_evaluate(ctx: RunContext) -> None:
     result = evaluate_accuracy(ctx.classifier, dm.test_dataloader(), ctx.device, dm.classes)
     ctx.metrics["accuracy"] = result["accuracy"]
     ctx.metrics["test_images"] = result["images"]
+    ctx.metrics["class_names"] = list(dm.classes)  # the classifier's outputs, in order
     ctx.metrics["classes"] = {**ctx.metrics.get("classes", {}), **result["classes"]}
     ctx.metrics["skipped"] = dm.skipped
     ctx.predictions, ctx.labels = result["predictions"], result["labels"]
@@ -207,6 +208,7 @@ def stage_summaries(ctx: RunContext) -> None:
     dm = ctx.datamodule
     files = {name: items for name, items in ctx.mask_files.items() if items}
     targets = {name: int(ctx.labels[items[0][0]]) for name, items in files.items()}
+    baseline_summaries: dict = {}
     summaries, metrics = run_summaries(
         ctx.classifier,
         dm.test_set,
@@ -216,8 +218,11 @@ def stage_summaries(ctx: RunContext) -> None:
         ctx.device,
         cache_dir=ctx.run.regions,
         tagging=ctx.settings.tagging,
+        baseline_summaries=baseline_summaries,
     )
     write_json(ctx.run.summaries, summaries)
+    for name, content in baseline_summaries.items():
+        write_json(ctx.run.baseline_summaries(name), content)
     ctx.summaries = summaries
     for name, values in metrics.pop("classes").items():
         ctx.metrics.setdefault("classes", {}).setdefault(name, {}).update(values)

@@ -41,7 +41,7 @@ NOT_RELIED_ON = (
 )
 
 
-def _to_uint8(image) -> np.ndarray:
+def to_uint8(image) -> np.ndarray:
     """(3, H, W) float tensor in [0, 1] -> (H, W, 3) uint8."""
     arr = image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
     return (arr * 255).round().astype(np.uint8)
@@ -89,7 +89,7 @@ def region_crop(image: np.ndarray, region: np.ndarray, box, margin: float = 0.25
     return region_tile(image[top:bottom, left:right], region[top:bottom, left:right])
 
 
-def _resize(arr: np.ndarray, size: int) -> np.ndarray:
+def resize_tile(arr: np.ndarray, size: int) -> np.ndarray:
     """(h, w, 3) uint8 -> (size, size, 3) uint8; enlarged pixels stay sharp, like the outline."""
     smaller = max(arr.shape[:2]) <= size
     resample = Image.Resampling.NEAREST if smaller else Image.Resampling.BOX
@@ -107,6 +107,32 @@ def typical_first(summary: Mapping) -> list[dict]:
 def is_relied_on(summary: Mapping) -> bool:
     """False where deleting the summary's regions hurts the class no more than random regions."""
     return (summary.get("faithfulness") or {}).get("faithful") is not False
+
+
+def link_applications(run: RunFolder) -> Path:
+    """Write ``report/applications.html``: the run's applications to new images (``apply/*/``,
+    written by ``python -m vislight.apply``), linked from the report's index."""
+    found = sorted(p.parent for p in run.root.glob("apply/*/index.html"))
+    items = []
+    for folder in found:
+        facts = (
+            json.loads((folder / "apply.json").read_text())
+            if (folder / "apply.json").is_file()
+            else {}
+        )
+        items.append({"name": folder.name, "href": f"../apply/{folder.name}/index.html",
+                      "images": len(facts.get("images", []))})  # fmt: skip
+    path = run.report / "applications.html"
+    write_text(path, render("applications.html.j2", title="Summaries applied to new images",
+                            applications=items, run=str(run.root)))  # fmt: skip
+    return path
+
+
+def ordered_summaries(class_summaries) -> list[tuple[int, dict, bool]]:
+    """``(number, summary, relied on)`` in the report's order: the summaries the model relies on
+    first, each group by support; numbered from 1 in that order (the numbers every page uses)."""
+    ordered = sorted(class_summaries, key=lambda s: (not is_relied_on(s), -s["support"]))
+    return [(k + 1, s, is_relied_on(s)) for k, s in enumerate(ordered)]
 
 
 def mask_tile(image: np.ndarray, sharp: np.ndarray) -> np.ndarray:
@@ -172,7 +198,7 @@ def _specialization_section(metrics: Mapping) -> dict | None:
     }
 
 
-def _save(path: Path, arr: np.ndarray) -> None:
+def save_png(path: Path, arr: np.ndarray) -> None:
     """Write ``arr`` as a PNG atomically (encoded first, then a temporary file and a rename)."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
@@ -206,9 +232,9 @@ def _summary_block(
     for j, m in enumerate(typical_first(summary)[:max_members]):
         image, region = image_of(int(m["index"])), rle_decode(m["mask_rle"])
         crop_rel, full_rel = f"{stem}_m{j:03d}.png", f"{stem}_m{j:03d}_full.png"
-        crops.append(_resize(region_crop(image, region, m["bbox"]), TILE_PX))
-        _save(report / crop_rel, crops[-1])
-        _save(report / full_rel, region_tile(image, region))
+        crops.append(resize_tile(region_crop(image, region, m["bbox"]), TILE_PX))
+        save_png(report / crop_rel, crops[-1])
+        save_png(report / full_rel, region_tile(image, region))
         caption = f"{m['key']} · sim {m['similarity']:.2f} · drop {m['drop']:.2f}" + (
             f" · {m['tag']}" if "tag" in m else ""
         )
@@ -264,7 +290,7 @@ def write_report(
 
     def image_of(index: int) -> np.ndarray:
         if index not in image_cache:
-            image_cache[index] = _to_uint8(dataset[index]["image"])
+            image_cache[index] = to_uint8(dataset[index]["image"])
         return image_cache[index]
 
     sections = []
@@ -280,20 +306,19 @@ def write_report(
             facts.append("needed parts: " + (", ".join(cm["needed_parts"]) or "none"))
         if cm.get("found_parts") is not None:
             facts.append("parts found: " + (", ".join(cm["found_parts"]) or "none"))
-        # relied-on summaries first, each group by support; numbered in that order
-        ordered = sorted(class_summaries, key=lambda s: (not is_relied_on(s), -s["support"]))
-        unfaithful = sum(not is_relied_on(s) for s in ordered)
+        ordered = ordered_summaries(class_summaries)
+        unfaithful = sum(not relied for _, _, relied in ordered)
         if unfaithful:
             facts.append(f"{unfaithful} not relied on")
         blocks = []
-        for k, s in enumerate(ordered):
-            stem = f"tiles/{folder}/s{k:03d}"
-            block, crops = _summary_block(report, stem, k + 1, s, image_of, max_members)
+        for number, s, _ in ordered:
+            stem = f"tiles/{folder}/s{number - 1:03d}"
+            block, crops = _summary_block(report, stem, number, s, image_of, max_members)
             blocks.append(block)
             if crops:
                 mosaic = report / f"{stem}_mosaic.png"
-                _save(mosaic, np.concatenate(crops, axis=1))
-                mosaics.append((class_name, k + 1, mosaic))
+                save_png(mosaic, np.concatenate(crops, axis=1))
+                mosaics.append((class_name, number, mosaic))
         relied = len(ordered) - unfaithful
         sections.append(
             {
@@ -317,6 +342,7 @@ def write_report(
         config_yaml=config_yaml,
     )
     write_text(index_file, page)
+    link_applications(run)
 
     mask_sections = []
     for class_name, items in (mask_files or {}).items():
@@ -325,10 +351,11 @@ def write_report(
         for j, (image_index, path) in enumerate(items[:max_masks]):
             d = MaskCache.read(Path(path))
             rel = f"masks/{folder}/{j:04d}.png"
-            _save(report / rel, mask_tile(image_of(int(image_index)), d["sharp"]))
+            save_png(report / rel, mask_tile(image_of(int(image_index)), d["sharp"]))
             mask_pngs.append(report / rel)
             caption = f"{d.get('key', image_index)} · drop {d.get('drop', float('nan')):.2f} · area {d.get('area', float('nan')):.2f}"
             tiles.append({"src": rel, "caption": caption})
         mask_sections.append({"name": class_name, "tiles": tiles})
     write_text(run.report_masks, render("masks.html.j2", title=title, classes=mask_sections))
     return {"index": index_file, "mosaics": mosaics, "masks": mask_pngs}
+

@@ -361,11 +361,14 @@ def run_summaries(
     device: torch.device,
     cache_dir: Path | None = None,
     tagging: TaggingSettings | None = None,
+    baseline_summaries: dict | None = None,
 ) -> tuple[dict, dict]:
     """All classes: returns ``(summaries_json, metrics)`` where metrics holds ``classes`` and the
     top-level measures of :func:`aggregate` and, when ``baselines.enabled``, the same numbers for
     each baseline under ``baselines.<name>``. ``cache_dir``: where each class's RegionSet is
-    cached (``<source>/<class>.npz``), so a re-run with other clustering settings skips the network."""
+    cached (``<source>/<class>.npz``), so a re-run with other clustering settings skips the network.
+    ``baseline_summaries``: a dict filled with each baseline's summaries, in the format of
+    ``summaries_json`` (the user study shows them beside ours)."""
     t0 = time.perf_counter()
     baselines_cfg = cfg.get("baselines") or {}
     names = list(baselines_cfg.get("names") or []) if baselines_cfg.get("enabled") else []
@@ -408,6 +411,8 @@ def run_summaries(
             b_out[name], b_metrics[name] = _summarize_source(
                 classifier, dataset, regions, cfg, device, needed=known, **kw
             )
+        if baseline_summaries is not None:
+            baseline_summaries[baseline] = {"classes": b_out}
         agg = aggregate(b_out, b_metrics)
         agg["classes"] = {
             c: {k: v.get(k) for k in BASELINE_CLASS_KEYS if k in v}

@@ -1,0 +1,182 @@
+"""Apply a run's summaries to images: locate, calibrate, confirm by deletion, flag atypical ones.
+
+:func:`apply_images` is the algorithm on tensors (the CLI, the Python API and the ground-truth
+studies all call it); :func:`load_prototypes` reads what it needs from a finished run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vislight.apply.locate import (
+    ClassPrototypes,
+    box_mask,
+    calibrate,
+    class_prototypes,
+    locate,
+    random_boxes,
+)
+from vislight.config_ranges import check_group
+from vislight.errors import ConfigError
+from vislight.masks.cache import safe_name
+from vislight.models.probe import FeatureHook, frozen
+from vislight.regions.describe import blur_drops
+from vislight.report.html import ordered_summaries
+from vislight.summaries.regionset import RegionSet
+
+TARGETS = ("predicted", "label")
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    """The ``apply`` config group (``conf/apply/default.yaml`` documents each value)."""
+
+    name: str = "new_images"
+    target: str = "predicted"
+    min_p_value: float = 0.2
+    min_drop_over_random: float = 0.2
+    random_boxes: int = 4
+    seed: int = 0
+    relied_on_only: bool = True
+    max_images_per_class: int | None = None
+    batch_size: int = 32
+    max_shown_per_class: int | None = 48
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping) -> ApplySettings:
+        """The checked group; :class:`ConfigError` names the first bad key."""
+        unknown = [k for k in cfg if k not in cls.__dataclass_fields__]
+        if unknown:
+            raise ConfigError(
+                f"apply.{unknown[0]} is not a setting of apply; its settings: "
+                f"{list(cls.__dataclass_fields__)}"
+            )
+        check_group("apply", cfg)  # the ranges vislight/config_ranges.py declares
+        s = cls(**cfg)
+        if s.target not in TARGETS:
+            raise ConfigError(f"apply.target={s.target!r}: use one of {list(TARGETS)}")
+        if not s.name or safe_name(s.name) != s.name:
+            raise ConfigError(
+                f"apply.name={s.name!r} must be a plain folder name (letters, digits, - _ .)"
+            )
+        return s
+
+
+def load_prototypes(run, classes: Sequence[str]) -> dict[int, ClassPrototypes]:
+    """Each summarised class's prototypes (by class index) from a finished run's regions cache.
+
+    Args:
+        run: a :class:`~vislight.finished_run.FinishedRun`.
+        classes: the classifier's class names, output by output.
+    """
+    out = {}
+    for name, summaries in run.summaries["classes"].items():
+        if not summaries:
+            continue
+        path = run.run.regions / "ours" / f"{safe_name(name)}.npz"
+        regions = RegionSet.load(path, key=None)
+        if regions is None:
+            raise ConfigError(
+                f"{path} is missing or unreadable: the run's measured regions are needed to "
+                "locate its summaries; rerun the run's command (its masks are reused) to make them"
+            )
+        if name not in classes:
+            raise ConfigError(f"summarised class {name!r} is not among the run's classes")
+        protos = class_prototypes(regions, ordered_summaries(summaries))
+        out[classes.index(name)] = ClassPrototypes(
+            name, classes.index(name), protos.mean, protos.summaries
+        )
+    return out
+
+
+@torch.no_grad()
+def apply_images(
+    classifier: torch.nn.Module,
+    layer: torch.nn.Module,
+    prototypes: Mapping[int, ClassPrototypes],
+    images: torch.Tensor,
+    targets: Sequence[int | None] | None,
+    settings: ApplySettings,
+    blur: tuple[float, float, int],
+) -> list[dict]:
+    """Locate each image's class summaries.
+
+    Args:
+        classifier: (B, 3, H, W) images in [0, 1] -> logits; ``layer`` the module whose output
+            the run's descriptors read.
+        prototypes: per class index, its summaries (:func:`load_prototypes`).
+        images: (N, 3, H, W) in [0, 1], on the classifier's device.
+        targets: the class to look for per image; None (or a None entry): the predicted class.
+        blur: the run's ``(blur_kernel, blur_sigma, reference_size)`` (the deletion check blurs
+            the located box as the masks stage blurs).
+
+    Returns:
+        Per image: ``predicted``, ``probability`` (of the predicted class), ``target``,
+        ``target_probability``, ``summaries`` (per summary: ``number``, ``tag``, ``relied_on``,
+        ``box``, ``score``, ``p_value``, ``outside_share``, ``drop``, ``random_drop``, ``found``),
+        ``strategy`` (the
+        numbers of the relied-on summaries found), ``atypical`` (the class has summaries and none
+        was found; None when the class has none).
+    """
+    n, _, height, width = images.shape
+    with frozen(classifier), FeatureHook(layer) as hook:
+        probs = torch.softmax(classifier(images), 1)
+        feats = hook.output.float()
+    predicted = probs.argmax(1).tolist()
+    out = []
+    for i in range(n):
+        target = targets[i] if targets is not None and targets[i] is not None else predicted[i]
+        entry = {
+            "predicted": predicted[i],
+            "probability": float(probs[i, predicted[i]]),
+            "target": int(target),
+            "target_probability": float(probs[i, target]),
+            "summaries": [],
+            "strategy": [],
+            "atypical": None,
+        }
+        out.append(entry)
+        cls = prototypes.get(int(target))
+        if cls is None or not cls.summaries:
+            continue
+        mean = torch.from_numpy(cls.mean).to(feats)
+        located = [locate(feats[i : i + 1], p, mean, (height, width)) for p in cls.summaries]
+        boxes = [box[0] for _, box in located]
+        rng = np.random.default_rng([settings.seed, i])
+        shapes = []  # each located box, then its random placements
+        for box in boxes:
+            shapes += [box, *random_boxes(box, (height, width), settings.random_boxes, rng)]
+        drops = blur_drops(
+            classifier,
+            images[i],
+            np.stack([box_mask(b, (height, width)) for b in shapes]),
+            int(target),
+            *blur,
+        ).reshape(len(boxes), 1 + settings.random_boxes)
+        counted = [p for p in cls.summaries if p.relied_on or not settings.relied_on_only]
+        for proto, (score, _), box, drop in zip(cls.summaries, located, boxes, drops):
+            p_value, outside = calibrate(float(score[0]), proto)
+            over_random = float(drop[0] - drop[1:].mean())
+            found = p_value >= settings.min_p_value and over_random >= settings.min_drop_over_random
+            entry["summaries"].append(
+                {
+                    "number": proto.number,
+                    "tag": proto.tag,
+                    "relied_on": proto.relied_on,
+                    "box": [int(v) for v in box],
+                    "score": float(score[0]),
+                    "p_value": p_value,
+                    "outside_share": outside,
+                    "drop": float(drop[0]),
+                    "random_drop": float(drop[1:].mean()),
+                    "found": bool(found),
+                }
+            )
+            if found and proto in counted:
+                entry["strategy"].append(proto.number)
+        entry["atypical"] = bool(counted) and not entry["strategy"]
+    return out
