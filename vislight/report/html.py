@@ -358,4 +358,3 @@ def write_report(
         mask_sections.append({"name": class_name, "tiles": tiles})
     write_text(run.report_masks, render("masks.html.j2", title=title, classes=mask_sections))
     return {"index": index_file, "mosaics": mosaics, "masks": mask_pngs}
-
