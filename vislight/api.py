@@ -129,7 +129,10 @@ class Explanation:
         else:
             side = int(self.dataset[0]["image"].shape[-1])
             memory = InMemoryImages(images, labels, side, unlabelled=True)
-        return apply_run(self.run_dir, overrides, classifier=self.classifier, images=memory)
+        return apply_run(
+            self.run_dir, overrides, classifier=self.classifier, images=memory,
+            run_images=self.dataset,
+        )  # fmt: skip
 
     def report(self) -> Path:
         """The run's HTML report (``report/index.html``), written by the ``report`` stage."""

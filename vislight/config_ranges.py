@@ -201,7 +201,7 @@ RANGES: dict[str, Range] = {
     "baselines.seed": SEED,
     # apply: a finished run's summaries in new images (conf/apply/default.yaml).
     "apply.min_p_value": Range(0, 1, upper_open=True),
-    "apply.min_drop_over_random": Range(-1, 1),  # a difference of relative drops
+    "apply.min_log_odds_drop": Range(),  # a difference of log-odds drops (nats)
     "apply.random_boxes": COUNT,
     "apply.seed": SEED,
     "apply.max_images_per_class": _int(1, nullable=True),

@@ -56,6 +56,7 @@ class FinishedRun:
 
     run: RunFolder
     cfg: DictConfig
+    run_cfg: DictConfig | None = None  # the config as the run saved it (before the overrides)
 
     @classmethod
     def open(cls, path: str | Path, overrides: Sequence[str] = ()) -> FinishedRun:
@@ -77,7 +78,7 @@ class FinishedRun:
             defaults = CONF_DIR / group / "default.yaml"
             if group not in cfg and defaults.is_file():
                 cfg[group] = OmegaConf.load(defaults)
-        return cls(run, _with_overrides(cfg, overrides))
+        return cls(run, _with_overrides(cfg.copy(), overrides), cfg)
 
     @cached_property
     def summaries(self) -> dict:
@@ -122,22 +123,33 @@ class FinishedRun:
             )
         return classifier.to(device).eval()
 
-    @cached_property
-    def _datamodule(self):
+    def _build_datamodule(self, data: DictConfig):
         from vislight.data.datamodule import build_datamodule
 
         model = self.model_config()
         dm = build_datamodule(
-            OmegaConf.to_container(self.cfg.data, resolve=True),
+            OmegaConf.to_container(data, resolve=True),
             input_size=model["input_size"],
             resize_size=model.get("resize_size"),
         )
         dm.setup("test")
         return dm
 
+    @cached_property
+    def _datamodule(self):
+        return self._build_datamodule(self.cfg.data)
+
+    @cached_property
+    def _run_datamodule(self):
+        return self._build_datamodule((self.run_cfg or self.cfg).data)
+
     def datamodule(self):
-        """The run's data (its config updated by the overrides), set up for the evaluated split."""
+        """The data the config names after the overrides, set up for its evaluated split."""
         return self._datamodule
+
+    def run_datamodule(self):
+        """The run's own evaluated data (the summaries' members index its ``test_set``)."""
+        return self._run_datamodule
 
     @cached_property
     def classes(self) -> list[str]:

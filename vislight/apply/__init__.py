@@ -5,7 +5,13 @@ run folder, applies it to the images its data config (with overrides) names and 
 ``apply/<name>/`` (``apply.json`` and HTML pages linked from the run's report).
 """
 
-from vislight.apply.core import ApplySettings, apply_images, load_prototypes
+from vislight.apply.core import ApplySettings, apply_images, calibrate_on_images, load_prototypes
 from vislight.apply.run import apply_run
 
-__all__ = ["ApplySettings", "apply_images", "apply_run", "load_prototypes"]
+__all__ = [
+    "ApplySettings",
+    "apply_images",
+    "apply_run",
+    "calibrate_on_images",
+    "load_prototypes",
+]

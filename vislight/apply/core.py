@@ -7,7 +7,7 @@ studies all call it); :func:`load_prototypes` reads what it needs from a finishe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from vislight.config_ranges import check_group
 from vislight.errors import ConfigError
 from vislight.masks.cache import safe_name
 from vislight.models.probe import FeatureHook, frozen
-from vislight.regions.describe import blur_drops
+from vislight.regions.describe import blurred_probabilities, log_odds
 from vislight.report.html import ordered_summaries
 from vislight.summaries.regionset import RegionSet
 
@@ -37,8 +37,8 @@ class ApplySettings:
 
     name: str = "new_images"
     target: str = "predicted"
-    min_p_value: float = 0.2
-    min_drop_over_random: float = 0.2
+    min_p_value: float = 0.1
+    min_log_odds_drop: float = 0.25
     random_boxes: int = 4
     seed: int = 0
     relied_on_only: bool = True
@@ -67,7 +67,9 @@ class ApplySettings:
 
 
 def load_prototypes(run, classes: Sequence[str]) -> dict[int, ClassPrototypes]:
-    """Each summarised class's prototypes (by class index) from a finished run's regions cache.
+    """Each summarised class's prototypes (by class index) from a finished run's regions cache,
+    calibrated on the members' region descriptors (:func:`calibrate_on_images` recalibrates them
+    on the run's images, as new images are scored).
 
     Args:
         run: a :class:`~vislight.finished_run.FinishedRun`.
@@ -87,9 +89,54 @@ def load_prototypes(run, classes: Sequence[str]) -> dict[int, ClassPrototypes]:
         if name not in classes:
             raise ConfigError(f"summarised class {name!r} is not among the run's classes")
         protos = class_prototypes(regions, ordered_summaries(summaries))
-        out[classes.index(name)] = ClassPrototypes(
-            name, classes.index(name), protos.mean, protos.summaries
+        out[classes.index(name)] = replace(
+            protos, target=classes.index(name), image_indices=regions.image_indices
         )
+    return out
+
+
+@torch.no_grad()
+def calibrate_on_images(
+    classifier: torch.nn.Module,
+    layer: torch.nn.Module,
+    prototypes: Mapping[int, ClassPrototypes],
+    image_of,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+) -> dict[int, ClassPrototypes]:
+    """The prototypes with their calibration measured as new images are scored: each summary's
+    best window match in each of the run's explained images of its class; ``member_scores`` from
+    the images holding one of its members, ``other_scores`` from the class's other images.
+
+    Args:
+        image_of: ``image_of(index) -> (3, H, W)`` image of the run's evaluated data at a
+            dataset index (what ``ClassPrototypes.image_indices`` and the members' ``index`` hold).
+    """
+    out = {}
+    for target, cls in prototypes.items():
+        indices = [int(i) for i in cls.image_indices]
+        if not indices:
+            out[target] = cls
+            continue
+        scores = {k: [] for k in range(len(cls.summaries))}
+        for start in range(0, len(indices), batch_size):
+            x = torch.stack([image_of(i) for i in indices[start : start + batch_size]]).to(device)
+            with frozen(classifier), FeatureHook(layer) as hook:
+                classifier(x)
+                feats = hook.output.float()
+            mean = torch.from_numpy(cls.mean).to(feats)
+            for k, proto in enumerate(cls.summaries):
+                scores[k].append(locate(feats, proto, mean, tuple(x.shape[-2:]))[0])
+        calibrated = []
+        for k, proto in enumerate(cls.summaries):
+            found = np.concatenate(scores[k])
+            holds = np.isin(indices, list(proto.member_images))
+            calibrated.append(
+                replace(
+                    proto, member_scores=np.sort(found[holds]), other_scores=np.sort(found[~holds])
+                )
+            )
+        out[target] = replace(cls, summaries=calibrated)
     return out
 
 
@@ -117,7 +164,9 @@ def apply_images(
     Returns:
         Per image: ``predicted``, ``probability`` (of the predicted class), ``target``,
         ``target_probability``, ``summaries`` (per summary: ``number``, ``tag``, ``relied_on``,
-        ``box``, ``score``, ``p_value``, ``outside_share``, ``drop``, ``random_drop``, ``found``),
+        ``box``, ``score``, ``p_value``, ``outside_share``, ``drop`` and ``random_drop`` (relative
+        probability drops when the box, or boxes of its size at random places, are blurred),
+        ``log_odds_drop`` and ``random_log_odds_drop`` (the same in log-odds), ``found``),
         ``strategy`` (the
         numbers of the relied-on summaries found), ``atypical`` (the class has summaries and none
         was found; None when the class has none).
@@ -150,18 +199,21 @@ def apply_images(
         shapes = []  # each located box, then its random placements
         for box in boxes:
             shapes += [box, *random_boxes(box, (height, width), settings.random_boxes, rng)]
-        drops = blur_drops(
+        p_x, p_blur = blurred_probabilities(
             classifier,
             images[i],
             np.stack([box_mask(b, (height, width)) for b in shapes]),
             int(target),
             *blur,
-        ).reshape(len(boxes), 1 + settings.random_boxes)
+        )
+        p_x, p_blur = float(p_x[0]), p_blur.numpy().astype(np.float64).reshape(len(boxes), -1)
+        drops = (p_x - p_blur) / max(p_x, 1e-12)  # relative probability drops
+        evidence = log_odds(p_x) - log_odds(p_blur)  # log-odds drops: no saturation near p = 1
         counted = [p for p in cls.summaries if p.relied_on or not settings.relied_on_only]
-        for proto, (score, _), box, drop in zip(cls.summaries, located, boxes, drops):
+        for k, (proto, (score, _), box) in enumerate(zip(cls.summaries, located, boxes)):
             p_value, outside = calibrate(float(score[0]), proto)
-            over_random = float(drop[0] - drop[1:].mean())
-            found = p_value >= settings.min_p_value and over_random >= settings.min_drop_over_random
+            over_random = float(evidence[k, 0] - evidence[k, 1:].mean())
+            found = p_value >= settings.min_p_value and over_random >= settings.min_log_odds_drop
             entry["summaries"].append(
                 {
                     "number": proto.number,
@@ -171,8 +223,10 @@ def apply_images(
                     "score": float(score[0]),
                     "p_value": p_value,
                     "outside_share": outside,
-                    "drop": float(drop[0]),
-                    "random_drop": float(drop[1:].mean()),
+                    "drop": float(drops[k, 0]),
+                    "random_drop": float(drops[k, 1:].mean()),
+                    "log_odds_drop": float(evidence[k, 0]),
+                    "random_log_odds_drop": float(evidence[k, 1:].mean()),
                     "found": bool(found),
                 }
             )

@@ -6,17 +6,20 @@ image the prototype is matched against every window of the feature map whose siz
 members' median box (the descriptor of a window is the feature map average-pooled over it, as a
 region's is over its mask): the best window is where the summary is, its cosine the match score.
 
-The score is calibrated on the run's own members: ``p_value`` is the conformal p-value of the
-match among the summary's members, ``(1 + #members matching no better) / (1 + #members)``: small
-when the match is worse than nearly every region the summary was made of (the part is likely not
-there). ``outside_share`` is the share of the class's other regions that match the prototype at
-least as well (how common a match this good is where the summary is not).
+The score is calibrated on the run's own images of the class, the ones its summaries were made
+from: ``p_value`` is the conformal p-value of the match among their best matches,
+``(1 + #images matching no better) / (1 + #images)``: small when the match is worse than in nearly
+every image of the class the run explained (the part is likely not there). ``outside_share`` is
+the share of those images *without* a member of the summary whose best match is at least as good.
+:func:`vislight.apply.core.calibrate_on_images` measures the reference with the same best-window
+search a new image gets; before it, the members' and the class's other regions' descriptors stand
+in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,17 +46,20 @@ class SummaryPrototype:
     side: int
     member_scores: np.ndarray
     other_scores: np.ndarray
+    member_images: frozenset = frozenset()  # dataset indices of the images holding a member
 
 
 @dataclass(frozen=True)
 class ClassPrototypes:
     """A class's summaries as prototypes, with the class's mean region descriptor ``mean`` (C,)
-    (raw descriptors are centred by it before matching)."""
+    (raw descriptors are centred by it before matching) and ``image_indices`` the dataset indices
+    of the run's explained images of the class."""
 
     class_name: str
     target: int
     mean: np.ndarray
     summaries: list[SummaryPrototype]
+    image_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
 
 
 def _member_rows(regions: RegionSet, members: Sequence[dict]) -> list[int]:
@@ -98,9 +104,10 @@ def class_prototypes(
                 side=regions.side,
                 member_scores=np.sort(centred[own] @ vector),
                 other_scores=np.sort(centred[others] @ vector),
+                member_images=frozenset(int(m["index"]) for m in summary["members"]),
             )
         )
-    return ClassPrototypes(regions.class_name, regions.target, mean, out)
+    return ClassPrototypes(regions.class_name, regions.target, mean, out, regions.image_indices)
 
 
 def window_match(
@@ -167,7 +174,8 @@ def locate(
 def calibrate(score: float, proto: SummaryPrototype) -> tuple[float, float]:
     """``(p_value, outside_share)`` of a match score (see the module docstring)."""
     members, others = proto.member_scores, proto.other_scores
-    p_value = (1 + int((members <= score).sum())) / (1 + len(members))
+    reference = np.concatenate([members, others])  # every explained image of the class
+    p_value = (1 + int((reference <= score).sum())) / (1 + len(reference))
     outside = float((others >= score).mean()) if len(others) else 0.0
     return float(min(p_value, 1.0)), outside
 

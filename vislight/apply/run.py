@@ -22,7 +22,12 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from vislight.apply.core import ApplySettings, apply_images, load_prototypes
+from vislight.apply.core import (
+    ApplySettings,
+    apply_images,
+    calibrate_on_images,
+    load_prototypes,
+)
 from vislight.devices import resolve_device
 from vislight.errors import ConfigError
 from vislight.finished_run import FinishedRun
@@ -85,22 +90,28 @@ def apply_run(
     overrides: Sequence[str] = (),
     classifier: torch.nn.Module | None = None,
     images=None,
+    run_images=None,
 ) -> dict:
     """Locate the summaries of the run in ``run_dir`` in the images its data config names after
     ``overrides`` (e.g. ``data.root=...``, ``apply.name=...``); returns the content of
     ``apply.json``. ``classifier``: the run's model when it is in memory, ``images`` a dataset of
     ``{"image", "label", "index", "key"}`` items labelled with the run's class indices (label -1:
-    unknown) instead of the data config (both from the Python API, ``Explanation.apply``)."""
+    unknown) instead of the data config, ``run_images`` the run's own evaluated images when its
+    data config cannot rebuild them (all three from the Python API, ``Explanation.apply``)."""
     t0 = time.perf_counter()
     fr = FinishedRun.open(run_dir, overrides)
     settings = ApplySettings.from_cfg(OmegaConf.to_container(fr.cfg.apply, resolve=True))
     device = resolve_device(str(fr.cfg.get("device", "auto")))
     classifier = (classifier or fr.classifier(device)).to(device).eval()
     classes = fr.classes
-    prototypes = load_prototypes(fr, classes)
     layer = classifier.feature_module(
         fr.metrics.get("feature_layer") or fr.cfg.similarity.get("layer")
     )
+    own = run_images if run_images is not None else fr.run_datamodule().test_set
+    prototypes = calibrate_on_images(
+        classifier, layer, load_prototypes(fr, classes), lambda i: own[i]["image"], device,
+        settings.batch_size,
+    )  # fmt: skip
     if images is None:
         dm = fr.datamodule()
         dataset, data_classes, skipped = dm.test_set, dm.classes, getattr(dm, "skipped", [])

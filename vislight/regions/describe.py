@@ -64,7 +64,7 @@ def describe_regions(
 
 
 @torch.no_grad()
-def blur_drops(
+def blurred_probabilities(
     model: torch.nn.Module,
     image: torch.Tensor,
     masks: np.ndarray,
@@ -72,9 +72,9 @@ def blur_drops(
     blur_kernel: float,
     blur_sigma: float,
     reference_size: int = 224,
-) -> np.ndarray:
-    """Relative drop of ``target``'s probability when each (H, W) region of ``masks`` (R, H, W) is
-    blurred in ``image`` (3, H, W): (R,) = (p(x) − p(Φ(x; 1 − region))) / p(x)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``target``'s probability in ``image`` (3, H, W), (1,), and with each (H, W) region of
+    ``masks`` (R, H, W) blurred, (R,): ``(p(x), p(Φ(x; 1 − region)))`` on the CPU."""
     device = image.device
     r = masks.shape[0]
     _, h, w = image.shape
@@ -90,7 +90,31 @@ def blur_drops(
         device,
         batch_size=max(r, 1),
     )
+    return p_x, p
+
+
+def blur_drops(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    masks: np.ndarray,
+    target: int,
+    blur_kernel: float,
+    blur_sigma: float,
+    reference_size: int = 224,
+) -> np.ndarray:
+    """Relative drop of ``target``'s probability when each (H, W) region of ``masks`` (R, H, W) is
+    blurred in ``image`` (3, H, W): (R,) = (p(x) − p(Φ(x; 1 − region))) / p(x)."""
+    p_x, p = blurred_probabilities(
+        model, image, masks, target, blur_kernel, blur_sigma, reference_size
+    )
     return ((p_x - p) / p_x.clamp_min(1e-12)).numpy().astype(np.float32)
+
+
+def log_odds(p: np.ndarray | float, eps: float = 1e-6) -> np.ndarray:
+    """log(p / (1 − p)), p clipped to [eps, 1 − eps]: a probability's evidence, which keeps
+    moving where the probability itself is saturated near 1."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
 
 
 def random_placements(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
