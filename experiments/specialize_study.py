@@ -3,6 +3,9 @@ held-out results (per group and over groups, every seed) with the command, machi
 
     python experiments/specialize_study.py synth   # weak small_cnn on the synthetic world
     python experiments/specialize_study.py cub     # EfficientNet-Lite0 linear probe, CUB 001-040 (../shared)
+    python experiments/specialize_study.py synth_crossfit   # the same with cross-fitting: the
+    python experiments/specialize_study.py cub_crossfit     # groups, summaries and heads on data
+                                                            # the base model did not train on
 
 Extra arguments are passed to vislight as overrides (e.g. masks.cache_dir=.cache/masks to reuse
 masks computed elsewhere). Results: experiments/results/specialize_<study>.{json,md}.
@@ -13,13 +16,17 @@ from __future__ import annotations
 import json
 import sys
 
-from jobs import ROOT, run_study, study_args, vislight_command
+from jobs import ROOT, commit, run_study, study_args, vislight_command
 
 from vislight.run_folder import RunFolder
 
-STUDIES = ("synth", "cub")
+STUDIES = ("synth", "cub", "synth_crossfit", "cub_crossfit")
 METHODS = ("base", "specialized", "kmeans_control", "head_control")
 NOTES = "\nNotes:\n"
+
+
+def _p(v) -> str:
+    return "–" if v is None else f"{v:.3g}"
 
 
 def _cell(v) -> str:
@@ -59,6 +66,16 @@ def markdown(metrics: dict, summaries: dict, facts: dict) -> str:
             f"Specialised beats the base model and both controls by more than the seed std: "
             f"**{'yes' if overall['beats_all'] else 'no'}**.",
         ]
+    if overall.get("paired"):
+        lines += ["", "Paired over every (group, seed), specialised minus the other (one-sided "
+                  "p-values, H1: specialised is more accurate):", "",
+                  "| vs | pairs | mean difference | wins / losses | paired t p | Wilcoxon p |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for other, t in overall["paired"].items():
+            lines.append(
+                f"| {other} | {t['pairs']} | {t['mean_difference']:+.4f} | {t['wins']} / "
+                f"{t['losses']} | {_p(t['t_test_p'])} | {_p(t['wilcoxon_p'])} |"
+            )
     lines += ["", "Summaries the prototypes come from (tag, purity, support):", ""]
     for g in spec["groups"]:
         for c in g["classes"]:
@@ -70,6 +87,7 @@ def markdown(metrics: dict, summaries: dict, facts: dict) -> str:
     lines += [
         "",
         f"Command: `{facts['command']}`  ",
+        f"Commit: {facts.get('commit', '–')}  ",
         f"Machine: {facts['machine']}  ",
         f"Wall time: {facts['wall_seconds']:.0f} s ({facts['date']})",
         "",
@@ -91,7 +109,7 @@ def main() -> int:
         return 1
     metrics = json.loads(metrics_file.read_text())
     summaries = json.loads(RunFolder(run_dir).summaries.read_text())
-    facts = {"experiment": f"specialize_{study}", **facts}
+    facts = {"experiment": f"specialize_{study}", "commit": commit(), **facts}
     out = ROOT / "experiments" / "results" / f"specialize_{study}"
     record = {
         **facts,

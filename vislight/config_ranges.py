@@ -106,6 +106,7 @@ RANGES: dict[str, Range] = {
     "data.num_classes": _int(2, 10),  # the synthetic world has 2..10 classes
     "data.image_size": _int(16, 224),
     "data.seed": SEED,
+    "data.half_seed": SEED,  # CUB: the cut of the train split into halves
     "data.train_per_class": COUNT,
     "data.val_per_class": COUNT,
     "data.test_per_class": COUNT,

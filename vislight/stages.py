@@ -243,7 +243,8 @@ def stage_summaries(ctx: RunContext) -> None:
 def stage_groups(ctx: RunContext) -> None:
     """The groups of classes to specialise on: ``specialize.groups`` (class names), or the
     ``specialize.num_groups`` groups of ``specialize.group_size`` classes the base model confuses
-    most on the val split (soft confusion). Later stages explain these classes only."""
+    most on ``specialize.groups_split`` (val, or the evaluated split when cross-fitting; soft
+    confusion). Later stages explain these classes only."""
     from vislight.specialization.stage import choose_groups
 
     cfg, dm = ctx.cfg.specialize, ctx.datamodule
@@ -253,9 +254,10 @@ def stage_groups(ctx: RunContext) -> None:
         groups = [sorted(dm.classes.index(c) for c in g) for g in cfg.groups]
         confusion = None
     else:
+        choose_on = dm.test_set if cfg.get("groups_split", "val") == "evaluated" else dm.val_set
         groups, confusion = choose_groups(
             ctx.classifier,
-            dm.val_set,
+            choose_on,
             len(dm.classes),
             int(cfg.num_groups),
             int(cfg.group_size),
@@ -269,7 +271,10 @@ def stage_groups(ctx: RunContext) -> None:
     ctx.groups = groups
     section = ctx.metrics.setdefault("specialization", {})
     section["chosen_groups"] = [[dm.classes[c] for c in g] for g in groups]
-    section["groups_from"] = "specialize.groups" if confusion is None else "soft confusion on val"
+    split = "the evaluated split" if cfg.get("groups_split", "val") == "evaluated" else "val"
+    section["groups_from"] = (
+        "specialize.groups" if confusion is None else f"soft confusion on {split}"
+    )
     if confusion is not None:
         section["group_confusion"] = [
             float(confusion[np.ix_(g, g)].sum() - np.trace(confusion[np.ix_(g, g)])) for g in groups
@@ -285,9 +290,14 @@ def stage_specialize(ctx: RunContext) -> None:
     cfg, dm = ctx.cfg.specialize, ctx.datamodule
     summaries = ctx.summaries["classes"]  # this run's (see validate)
     heldout = dm.split_set(cfg.heldout_split)
+    if cfg.get("heads_split", "train") == "evaluated":  # cross-fitting: the summaries' images
+        heads_on = dm.test_set
+    else:
+        dm.setup("fit")
+        heads_on = dm.train_set
     groups = [
         specialize_group(
-            ctx.classifier, g, dm.classes, summaries, dm.test_set, dm.train_set, heldout,
+            ctx.classifier, g, dm.classes, summaries, dm.test_set, heads_on, heldout,
             OmegaConf.to_container(cfg, resolve=True), ctx.device,
         )
         for g in ctx.groups

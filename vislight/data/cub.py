@@ -53,6 +53,23 @@ def crop_transform(
     return scale, float(left), float(top)
 
 
+SPLITS = ("train", "test", "all", "train_a", "train_b")
+
+
+def half_of(ids: Sequence[int], labels: Mapping[int, int], half: str, seed: int) -> list[int]:
+    """Half ``a`` or ``b`` of the image ids, stratified: each class's ids shuffled with ``seed``,
+    the first ceil(n / 2) to ``a``, the rest to ``b``; sorted like ``ids``."""
+    rng = np.random.default_rng(seed)
+    chosen: set[int] = set()
+    for c in sorted({labels[i] for i in ids}):
+        own = [i for i in ids if labels[i] == c]
+        order = rng.permutation(len(own))
+        cut = (len(own) + 1) // 2
+        picked = order[:cut] if half == "a" else order[cut:]
+        chosen.update(own[k] for k in picked)
+    return [i for i in ids if i in chosen]
+
+
 class CubPartsDataset(Dataset):
     """CUB images of the chosen classes and split, with keypoints and boxes.
 
@@ -61,7 +78,10 @@ class CubPartsDataset(Dataset):
         classes: CUB class ids (1-based) to include.
         label_map: CUB class id -> label of the explained model (default: position in ``classes``).
         label_names: label -> name (default: the CUB class folder name).
-        split: ``train``, ``test`` or ``all`` (the official split).
+        split: ``train``, ``test`` or ``all`` (the official split), or ``train_a`` / ``train_b``:
+            the two halves of the official train split, each class's train images shuffled with
+            ``half_seed`` and cut in two (``train_a`` gets the odd one), for cross-fitting.
+        half_seed: the seed of that cut.
     """
 
     reads_files = True  # every item is decoded from its file (see vislight.data.decoded)
@@ -75,9 +95,10 @@ class CubPartsDataset(Dataset):
         label_map: Mapping[int, int] | None = None,
         label_names: Mapping[int, str] | None = None,
         split: str = "test",
+        half_seed: int = 0,
     ):
-        if split not in ("train", "test", "all"):
-            raise ValueError(f"data.split={split!r} is invalid: use train, test or all")
+        if split not in SPLITS:
+            raise ValueError(f"data.split={split!r} is invalid: use one of {list(SPLITS)}")
         self.root = Path(root).expanduser()
         require_folder(self.root, "data.root", "/path/to/CUB_200_2011 (images.txt, parts/, ...)")
         self.input_size, self.resize_size = int(input_size), resize_size
@@ -99,11 +120,14 @@ class CubPartsDataset(Dataset):
         labels = {int(i): int(c) for i, c in _table(self.root / "image_class_labels.txt")}
         is_train = {int(i): s == "1" for i, s in _table(self.root / "train_test_split.txt")}
         wanted = {int(c) for c in classes}
+        official = "train" if split.startswith("train") else split
         self.ids = [
             i
             for i in sorted(paths)
-            if labels[i] in wanted and (split == "all" or is_train[i] == (split == "train"))
+            if labels[i] in wanted and (split == "all" or is_train[i] == (official == "train"))
         ]
+        if split in ("train_a", "train_b"):
+            self.ids = half_of(self.ids, labels, split[-1], half_seed)
         self.labels = [label_map[labels[i]] for i in self.ids]
         self.paths = [self.root / "images" / paths[i] for i in self.ids]
         boxes = {

@@ -335,6 +335,8 @@ def cub_data(input_size: int | None = None, resize_size: int | None = None, **cf
         label_names=cfg.get("label_names"),
         split=cfg.get("split", "test"),
         name=cfg.get("name", "cub"),
+        train_split=cfg.get("train_split", "train"),
+        half_seed=int(cfg.get("half_seed", 0)),
         **_loader_kw(cfg),
     )
 
@@ -380,6 +382,8 @@ class CubDataModule(ClassificationDataModule):
         label_names,
         split,
         name="cub",
+        train_split="train",
+        half_seed=0,
         **kw,
     ):
         super().__init__(name=name, **kw)
@@ -391,17 +395,23 @@ class CubDataModule(ClassificationDataModule):
             resize_size=resize_size,
             label_map=label_map,
             label_names=label_names,
+            half_seed=half_seed,
         )
-        self.split = split
+        if train_split not in ("train", "train_a", "train_b"):
+            raise ValueError(
+                f"data.train_split={train_split!r} is invalid: use train, train_a or train_b"
+            )
+        self.split, self.train_split = split, train_split
 
     def setup(self, stage: str | None = None):
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = CubPartsDataset(split="train", **self.kw)
+            self.train_set = CubPartsDataset(split=self.train_split, **self.kw)
             self.val_set = Subset(self.train_set, range(0, len(self.train_set), 10))
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = CubPartsDataset(split=self.split, **self.kw)
             self.classes = self.test_set.classes
 
     def split_set(self, split: str) -> Dataset:
-        """The images of the official ``split`` (train, test or all), whatever the evaluated split."""
+        """The images of ``split`` (train, test, all, train_a, train_b), whatever the evaluated
+        split."""
         return CubPartsDataset(split=split, **self.kw)

@@ -29,6 +29,13 @@ def validate_specialize(cfg: DictConfig) -> None:
             good = False
         if not good:
             raise ConfigError(f"{key}={value!r} is invalid: it must be {allowed}")
+    for key, allowed in (
+        ("groups_split", ("val", "evaluated")),
+        ("heads_split", ("train", "evaluated")),
+    ):
+        value = cfg.specialize.get(key, allowed[0])
+        if value not in allowed:
+            raise ConfigError(f"specialize.{key}={value!r} is invalid: use one of {list(allowed)}")
     if "specialize" in cfg.stages:
         validate_specialize_order(cfg)
 
@@ -55,8 +62,11 @@ def validate_specialize_order(cfg: DictConfig) -> None:
             "a CUB config (data=cub40)"
         )
     allowed = _HELDOUT_SPLITS[kind]
-    if kind == "synth" and heldout == "val" and not cfg.specialize.get("groups"):
-        allowed = ("test",)  # val chooses the groups
+    uses_val = cfg.specialize.get("groups_split", "val") == "val" and not cfg.specialize.get(
+        "groups"
+    )
+    if kind == "synth" and heldout == "val" and (uses_val or cfg.data.get("split") == "val"):
+        allowed = ("test",)  # val chooses the groups, or the summaries come from it
     if heldout not in allowed:
         raise ConfigError(
             f"specialize.heldout_split={heldout!r} is invalid: it must be one of {list(allowed)} "

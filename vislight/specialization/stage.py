@@ -3,10 +3,12 @@ and its two controls over several seeds and measure them on a held-out split.
 
 Data roles (nothing held out is used for summaries, training or choices):
 
-* groups come from the base model's soft confusion on the ``val`` split (``groups`` stage);
+* groups come from the base model's soft confusion on ``specialize.groups_split`` (``groups``
+  stage): ``val``, or ``evaluated`` (the evaluated split, ``data.split``);
 * summaries (hence prototypes) come from the evaluated split, which specialisation experiments set
-  to ``train``;
-* the heads train on the ``train`` split images of the group's classes, for a fixed budget;
+  to ``train`` (or, cross-fitting, to the half of the train split the base model did not train on);
+* the heads train on the ``specialize.heads_split`` images of the group's classes (``train``, or
+  ``evaluated`` when cross-fitting), for a fixed budget;
 * accuracy is measured on ``specialize.heldout_split`` (``test``).
 """
 
@@ -241,4 +243,34 @@ def summarize_groups(groups: Sequence[Mapping], seeds: Sequence[int]) -> dict:
         spec["mean"] - out["base"] > margin
         and all(spec["mean"] - out[m]["mean"] > max(margin, out[m]["std"]) for m in METHODS[1:])
     )
+    out["paired"] = paired_tests(done, len(seeds))
+    return out
+
+
+def paired_tests(groups: Sequence[Mapping], n_seeds: int) -> dict:
+    """Specialised vs the base model and each control, paired over every (group, seed): the mean
+    accuracy difference, how many pairs it wins / loses, and the one-sided p-values of a paired t
+    test and of the Wilcoxon signed-rank test (H1: specialised is more accurate)."""
+    from scipy import stats
+
+    spec = np.array([g["specialized"]["runs"][s] for g in groups for s in range(n_seeds)])
+    out = {}
+    for other in ("base", *METHODS[1:]):
+        ref = np.array(
+            [g[other] if other == "base" else g[other]["runs"][s] for g in groups for s in range(n_seeds)]
+        )  # fmt: skip
+        diff = spec - ref
+        nonzero = diff[diff != 0]
+        out[other] = {
+            "pairs": int(len(diff)),
+            "mean_difference": float(diff.mean()),
+            "wins": int((diff > 0).sum()),
+            "losses": int((diff < 0).sum()),
+            "t_test_p": float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
+            if len(diff) > 1 and diff.std() > 0
+            else None,
+            "wilcoxon_p": float(stats.wilcoxon(nonzero, alternative="greater").pvalue)
+            if len(nonzero) > 0
+            else None,
+        }
     return out

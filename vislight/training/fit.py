@@ -62,7 +62,13 @@ def classifier_cache_key(
             if k not in ("trusted_checkpoint", "feature_layer", "_target_")
         }
         | {"family": model_family(model_cfg)},
-        "data": {k: v for k, v in data_cfg.items() if k not in _DATA_KEYS_IGNORED},
+        "data": {
+            k: v
+            for k, v in data_cfg.items()
+            if k not in _DATA_KEYS_IGNORED
+            and not (k == "train_split" and v == "train")  # (how every training ran before)
+            and not (k == "half_seed" and data_cfg.get("train_split", "train") == "train")
+        },
         "train": {
             k: v
             for k, v in train_cfg.items()
