@@ -37,9 +37,14 @@ def _with_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             )
         try:
             if not key.startswith("+") and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+                hint = (
+                    " (images of your own: apply.images=/path/to/photos)"
+                    if key.startswith("data.")
+                    else ""
+                )
                 raise ConfigError(
                     f"override {item!r}: the run's config has no key {key!r} (check the spelling, "
-                    f"or add it with +{key}=...)"
+                    f"or add it with +{key}=...){hint}"
                 )
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item.lstrip("+")]))
         except OmegaConfBaseException as e:

@@ -241,3 +241,28 @@ def test_cli_error_is_one_line_with_exit_code_2(tmp_path, tiny_run):
                           capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "measured regions are needed" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_folder_of_own_photos_whatever_the_runs_data(tiny_run, tmp_path):
+    """apply.images: image files directly in a folder (unlabelled) or in a folder named after a
+    class of the run (labelled); unreadable files are skipped and recorded."""
+    from PIL import Image
+
+    fr = FinishedRun.open(tiny_run)
+    ds = fr.datamodule().test_set
+    photos = tmp_path / "photos"
+    (photos / fr.classes[0]).mkdir(parents=True)
+    for i in range(3):
+        arr = (ds[i]["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        Image.fromarray(arr).save(photos / f"flat{i}.png")
+        Image.fromarray(arr).save(photos / fr.classes[0] / f"labelled{i}.png")
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    result = apply_run(tiny_run, ["apply.name=own", f"apply.images={photos}"])
+    labels = sorted((e["label"] or "") for e in result["images"])
+    assert labels == ["", "", "", fr.classes[0], fr.classes[0], fr.classes[0]]
+    assert [s["file"].endswith("broken.jpg") for s in result["skipped"]] == [True]
+    with pytest.raises(ConfigError, match="has no key 'data.root'.*apply.images"):
+        apply_run(tiny_run, [f"data.root={photos}"])  # the synthetic run's data has no root
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no image files"):
+        apply_run(tiny_run, [f"apply.images={tmp_path / 'empty'}"])

@@ -111,16 +111,28 @@ def test_a_participant_completes_the_study_in_chromium(browser, served):
     driver = browser
     trials = {t["id"]: t for t in json.loads((run / "study/trials.json").read_text())["trials"]}
     assert {t["method"] for t in trials.values()} == {"vislight", "gradcam"}
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown_trial(d) -> str | None:
+        """The trial id of the page shown, "done" on the end page, None while a page loads."""
+        if "/done" in d.current_url:
+            return "done"
+        return d.find_element(By.NAME, "trial").get_attribute("value")
+
+    def wait_past(previous: str | None) -> None:
+        """Wait until the browser shows another page than ``previous``'s: element lookups fail
+        in several ways while a page is replaced, so any driver error means "not yet"."""
+        WebDriverWait(driver, 20, ignored_exceptions=(WebDriverException,)).until(
+            lambda d: (t := shown_trial(d)) is not None and t != previous
+        )
 
     made = {}  # trial id -> (choice, name)
     driver.get(url)
     driver.find_element(By.ID, "participant").send_keys(PARTICIPANT)
-    button = driver.find_element(By.ID, "start")
-    button.click()
-    WebDriverWait(driver, 10).until(staleness_of(button))
+    driver.find_element(By.ID, "start").click()
+    wait_past(None)
     for i in range(len(trials) + 1):
         if "/done" in driver.current_url:
             break
@@ -142,9 +154,8 @@ def test_a_participant_completes_the_study_in_chromium(browser, served):
         name = driver.find_element(By.ID, "name")
         name.clear()
         name.send_keys(f"Part{i % 2}")
-        button = driver.find_element(By.ID, "next")
-        button.click()
-        WebDriverWait(driver, 10).until(staleness_of(button))  # the next page has loaded
+        driver.find_element(By.ID, "next").click()
+        wait_past(tid)  # the next page has loaded
         made[tid] = (choice, f"Part{i % 2}")
     assert "/done" in driver.current_url
     assert driver.find_element(By.ID, "done").text == "Thank you!"

@@ -13,6 +13,7 @@ from vislight.interrupt import RunInterrupted, stop_on_signals
 
 EPILOG = f"""
 Overrides (key=value) change the run's config for this application, e.g.
+  apply.images=/path/to/photos       any folder of images (files, or class-named sub-folders)
   data.root=/path/to/photos          a folder of class folders (folder data) or the dataset root
   data.split=test                    which split of the run's dataset
   apply.name=field_photos            results go to RUN_DIR/apply/<name>/

@@ -36,6 +36,7 @@ class ApplySettings:
     """The ``apply`` config group (``conf/apply/default.yaml`` documents each value)."""
 
     name: str = "new_images"
+    images: str | None = None
     target: str = "predicted"
     min_p_value: float = 0.1
     min_log_odds_drop: float = 0.25

@@ -68,6 +68,27 @@ def _targets(settings: ApplySettings, items: Sequence[dict], data_classes, run_c
     return out
 
 
+def image_folder(root: str, classes: Sequence[str], model: dict):
+    """The images under ``root`` as the run's model reads them: files directly in ``root``
+    unlabelled, files in ``root/<class>/`` labelled when ``<class>`` is one of ``classes``."""
+    from vislight.data.folder import IMAGE_EXTENSIONS, ImageListDataset, require_folder
+
+    folder = require_folder(root, "apply.images", "/path/to/photos (a folder of image files)")
+    items = []
+    for path in sorted(folder.iterdir()):
+        inside = sorted(path.iterdir()) if path.is_dir() else [path]
+        label = classes.index(path.name) if path.is_dir() and path.name in classes else -1
+        items += [
+            (p, label) for p in inside if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        ]
+    if not items:
+        raise ConfigError(
+            f"apply.images={root!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)}), "
+            "directly or one folder down"
+        )
+    return ImageListDataset(items, list(classes), model["input_size"], model.get("resize_size"))
+
+
 def _draw(image: np.ndarray, located: Sequence[dict]) -> np.ndarray:
     """(H, W, 3) uint8 with each found summary's box outlined and numbered."""
     scale = max(1, int(np.ceil(SHOWN_PX / max(image.shape[:2]))))
@@ -112,18 +133,25 @@ def apply_run(
         classifier, layer, load_prototypes(fr, classes), lambda i: own[i]["image"], device,
         settings.batch_size,
     )  # fmt: skip
-    if images is None:
+    if images is None and settings.images:
+        images = image_folder(settings.images, classes, fr.model_config())
+        data_classes, skipped = classes, images.skipped
+        dataset = images
+    elif images is None:
         dm = fr.datamodule()
         dataset, data_classes, skipped = dm.test_set, dm.classes, getattr(dm, "skipped", [])
     else:
         dataset, data_classes, skipped = images, classes, []
     if len(dataset) == 0:
-        raise ConfigError("no image to apply the summaries to: check data.root")
+        raise ConfigError(
+            "no readable image to apply the summaries to: check apply.images or data.root"
+            + (f" (skipped: {skipped[:3]})" if skipped else "")
+        )
     m = fr.cfg.masks
     blur = (float(m.blur_kernel), float(m.blur_sigma), int(m.reference_size))
     out_dir = fr.run.applied(settings.name)
     per_label: dict = defaultdict(int)
-    images, shown = [], defaultdict(int)
+    entries, shown = [], defaultdict(int)
     index_range = range(len(dataset))
     batch: list[dict] = []
 
@@ -152,7 +180,7 @@ def apply_run(
                 save_png(out_dir / rel, _draw(to_uint8(item["image"]), r["summaries"]))
                 entry["png"] = rel
                 shown[name] += 1
-            images.append(entry)
+            entries.append(entry)
         batch.clear()
 
     for i in tqdm(index_range, desc="apply", mininterval=1.0):
@@ -172,14 +200,14 @@ def apply_run(
         "name": settings.name,
         "data": OmegaConf.to_container(fr.cfg.data, resolve=True),
         "settings": asdict(settings),
-        "images": images,
-        "classes": class_summary(images),
+        "images": entries,
+        "classes": class_summary(entries),
         "skipped": skipped,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(out_dir / "apply.json", result)
     write_pages(fr, out_dir, result)
-    log.info("applied %s to %d images: %s", fr.run.root, len(images), out_dir)
+    log.info("applied %s to %d images: %s", fr.run.root, len(entries), out_dir)
     return result
 
 
