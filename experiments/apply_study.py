@@ -95,7 +95,8 @@ class Applied:
         for s in range(0, len(images), batch):
             x = torch.stack(images[s : s + batch])
             t = None if targets is None else targets[s : s + batch]
-            out += apply_images(self.clf, self.layer, self.protos, x, t, settings, self.blur)
+            ids = range(s, s + len(x))  # random boxes seeded by position, whatever the batch
+            out += apply_images(self.clf, self.layer, self.protos, x, t, settings, self.blur, ids)
         return out
 
 

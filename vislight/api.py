@@ -124,11 +124,17 @@ class Explanation:
 
         overrides = [f"apply.name={name}", *overrides]
         memory = None
-        if isinstance(images, (str, Path)):
-            overrides.append(f"data.root={Path(images).expanduser().resolve()}")
+        if isinstance(images, (str, Path)):  # any folder, whatever data the run explained
+            overrides.append(f"apply.images={Path(images).expanduser().resolve()}")
         else:
             side = int(self.dataset[0]["image"].shape[-1])
             memory = InMemoryImages(images, labels, side, unlabelled=True)
+            outputs = len(self.metrics.get("class_names") or self.metrics.get("classes") or [])
+            if outputs and max(memory.labels) >= outputs:
+                raise ValueError(
+                    f"labels go up to {max(memory.labels)} but the run has {outputs} classes: "
+                    "give class indices of the model's outputs (or no labels)"
+                )
         return apply_run(
             self.run_dir, overrides, classifier=self.classifier, images=memory,
             run_images=self.dataset,

@@ -152,7 +152,9 @@ def stage_evaluate(ctx: RunContext) -> None:
     result = evaluate_accuracy(ctx.classifier, dm.test_dataloader(), ctx.device, dm.classes)
     ctx.metrics["accuracy"] = result["accuracy"]
     ctx.metrics["test_images"] = result["images"]
-    ctx.metrics["class_names"] = list(dm.classes)  # the classifier's outputs, in order
+    # the classifier's outputs, in order (outputs the data does not name: their index)
+    outputs = int(getattr(ctx.classifier, "num_classes", None) or len(dm.classes))
+    ctx.metrics["class_names"] = [*dm.classes, *map(str, range(len(dm.classes), outputs))]
     ctx.metrics["classes"] = {**ctx.metrics.get("classes", {}), **result["classes"]}
     ctx.metrics["skipped"] = dm.skipped
     ctx.predictions, ctx.labels = result["predictions"], result["labels"]

@@ -150,6 +150,7 @@ def apply_images(
     targets: Sequence[int | None] | None,
     settings: ApplySettings,
     blur: tuple[float, float, int],
+    ids: Sequence[int] | None = None,
 ) -> list[dict]:
     """Locate each image's class summaries.
 
@@ -161,6 +162,8 @@ def apply_images(
         targets: the class to look for per image; None (or a None entry): the predicted class.
         blur: the run's ``(blur_kernel, blur_sigma, reference_size)`` (the deletion check blurs
             the located box as the masks stage blurs).
+        ids: (N,) a number per image (its dataset index) that, with ``settings.seed``, seeds its
+            random boxes, so the result does not depend on the batch; default: the position.
 
     Returns:
         Per image: ``predicted``, ``probability`` (of the predicted class), ``target``,
@@ -196,7 +199,7 @@ def apply_images(
         mean = torch.from_numpy(cls.mean).to(feats)
         located = [locate(feats[i : i + 1], p, mean, (height, width)) for p in cls.summaries]
         boxes = [box[0] for _, box in located]
-        rng = np.random.default_rng([settings.seed, i])
+        rng = np.random.default_rng([settings.seed, int(ids[i]) if ids is not None else i])
         shapes = []  # each located box, then its random placements
         for box in boxes:
             shapes += [box, *random_boxes(box, (height, width), settings.random_boxes, rng)]
@@ -233,5 +236,6 @@ def apply_images(
             )
             if found and proto in counted:
                 entry["strategy"].append(proto.number)
-        entry["atypical"] = bool(counted) and not entry["strategy"]
+        # atypical: none of the class's relied-on summaries found (None: the class has none)
+        entry["atypical"] = (not entry["strategy"]) if counted else None
     return out

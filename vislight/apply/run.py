@@ -124,7 +124,9 @@ def apply_run(
     settings = ApplySettings.from_cfg(OmegaConf.to_container(fr.cfg.apply, resolve=True))
     device = resolve_device(str(fr.cfg.get("device", "auto")))
     classifier = (classifier or fr.classifier(device)).to(device).eval()
-    classes = fr.classes
+    outputs = int(getattr(classifier, "num_classes", None) or len(fr.classes))
+    # outputs the run's data does not name (e.g. ImageNet classes of a CUB run) go by their index
+    classes = [*fr.classes, *map(str, range(len(fr.classes), outputs))]
     layer = classifier.feature_module(
         fr.metrics.get("feature_layer") or fr.cfg.similarity.get("layer")
     )
@@ -161,7 +163,7 @@ def apply_run(
         x = torch.stack([b["image"] for b in batch]).to(device)
         results = apply_images(
             classifier, layer, prototypes, x, _targets(settings, batch, data_classes, classes),
-            settings, blur,
+            settings, blur, ids=[int(b["index"]) for b in batch],
         )  # fmt: skip
         for item, r in zip(batch, results):
             known = int(item.get("label", -1)) >= 0 and data_classes
@@ -184,7 +186,7 @@ def apply_run(
         batch.clear()
 
     for i in tqdm(index_range, desc="apply", mininterval=1.0):
-        check()  # a stop signal ends the run between images (nothing is written before the end)
+        check()  # a stop signal ends the run between images (apply.json is written at the end)
         item = dataset[i]
         key = int(item.get("label", -1))
         cap = settings.max_images_per_class

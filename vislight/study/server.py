@@ -110,7 +110,7 @@ class Study:
         order = self.order(participant)
         if trial_id not in order:
             raise AnswerError("this question is not one of yours: start again from the start page")
-        if not (choice.isdigit() and int(choice) < self.options):
+        if not (choice.isascii() and choice.isdigit() and int(choice) < self.options):
             raise AnswerError("pick the picture whose region does not belong")
         name = clean_name(name)
         if not name:
@@ -213,7 +213,7 @@ def make_handler(study: Study) -> type[BaseHTTPRequestHandler]:
         def _form(self) -> dict | None:
             """The posted form's fields; None (answered 400) when missing, too long or unreadable."""
             length = self.headers.get("Content-Length", "")
-            if not length.isdigit() or int(length) > MAX_BODY:
+            if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY:
                 return None
             return _fields(self.rfile.read(int(length)).decode("utf-8", "replace"))
 
@@ -248,7 +248,9 @@ def make_handler(study: Study) -> type[BaseHTTPRequestHandler]:
                     {"value": pos, "src": "/crops/" + quote(c["crop"])}
                     for pos, c in enumerate(trial["choices"])
                 ],
-                chosen=int(previous["choice"]) if previous.get("choice", "").isdigit() else -1,
+                chosen=int(previous["choice"])
+                if previous.get("choice", "").isascii() and previous.get("choice", "").isdigit()
+                else -1,
                 part_name=previous.get("name", "")[:MAX_NAME], max_name=MAX_NAME,
             ))  # fmt: skip
 
