@@ -58,7 +58,9 @@ SPLITS = ("train", "test", "all", "train_a", "train_b")
 
 def half_of(ids: Sequence[int], labels: Mapping[int, int], half: str, seed: int) -> list[int]:
     """Half ``a`` or ``b`` of the image ids, stratified: each class's ids shuffled with ``seed``,
-    the first ceil(n / 2) to ``a``, the rest to ``b``; sorted like ``ids``."""
+    the first ceil(n / 2) to ``a``, the rest to ``b``; sorted like ``ids``. One generator serves
+    the classes in order, so the cut depends on the set of classes loaded: a run and the runs
+    that reuse its halves must load the same ``data.classes``."""
     rng = np.random.default_rng(seed)
     chosen: set[int] = set()
     for c in sorted({labels[i] for i in ids}):
