@@ -43,6 +43,7 @@ from vislight.apply.core import (
     ApplySettings,
     apply_images,
     calibrate_on_images,
+    is_found,
     load_prototypes,
 )
 from vislight.data.synth import PART_ID
@@ -100,12 +101,6 @@ class Applied:
         return out
 
 
-def found(s: dict, p: float, d: float) -> bool:
-    """Whether a located summary counts as found at thresholds ``p`` (p-value) and ``d``
-    (log-odds drop over random boxes), as ``apply_images`` decides."""
-    return s["p_value"] >= p and s["log_odds_drop"] - s["random_log_odds_drop"] >= d
-
-
 def synth_records(app: Applied, indices: list[int]) -> dict:
     """Every located summary on the images, the part-removed and the body-only renderings."""
     ds, classes = app.dataset, app.classes
@@ -145,13 +140,13 @@ def synth_records(app: Applied, indices: list[int]) -> dict:
 def synth_measures(rec: dict, p: float, d: float) -> dict:
     def flagged(results) -> float:
         rows = [r for r in results if r["summaries"]]
-        return float(np.mean([not any(found(s, p, d) for s in r["summaries"] if s["relied_on"]) for r in rows]))  # fmt: skip
+        return float(np.mean([not any(is_found(s, p, d) for s in r["summaries"] if s["relied_on"]) for r in rows]))  # fmt: skip
 
     return {
         "pointing_game": float(np.mean([s["holds"] for s in rec["pos"]])),
-        "found_and_located": float(np.mean([s["holds"] and found(s, p, d) for s in rec["pos"]])),
-        "found_share": float(np.mean([found(s, p, d) for s in rec["pos"]])),
-        "false_positives": float(np.mean([found(s, p, d) for s in rec["neg"]])),
+        "found_and_located": float(np.mean([s["holds"] and is_found(s, p, d) for s in rec["pos"]])),
+        "found_share": float(np.mean([is_found(s, p, d) for s in rec["pos"]])),
+        "false_positives": float(np.mean([is_found(s, p, d) for s in rec["neg"]])),
         "typical_flagged": flagged(rec["typical"]),
         "atypical_flagged": flagged(rec["atypical"]),
         "n_located": len(rec["pos"]),
@@ -210,7 +205,7 @@ def shortcut_measures(rec: dict, p: float, d: float) -> dict:
     """The share of class 0's images where a watermark summary is found, with and without it."""
     if not rec["numbers"]:
         return {"watermark_summaries": 0}
-    hit = [any(found(s, p, d) for s in ss) for ss in rec["located"]]
+    hit = [any(is_found(s, p, d) for s in ss) for ss in rec["located"]]
     with_mark = [h for h, m in zip(hit, rec["marked"]) if m]
     without = [h for h, m in zip(hit, rec["marked"]) if not m]
     return {

@@ -90,9 +90,7 @@ def load_prototypes(run, classes: Sequence[str]) -> dict[int, ClassPrototypes]:
         if name not in classes:
             raise ConfigError(f"summarised class {name!r} is not among the run's classes")
         protos = class_prototypes(regions, ordered_summaries(summaries))
-        out[classes.index(name)] = replace(
-            protos, target=classes.index(name), image_indices=regions.image_indices
-        )
+        out[classes.index(name)] = replace(protos, target=classes.index(name))
     return out
 
 
@@ -122,9 +120,7 @@ def calibrate_on_images(
         scores = {k: [] for k in range(len(cls.summaries))}
         for start in range(0, len(indices), batch_size):
             x = torch.stack([image_of(i) for i in indices[start : start + batch_size]]).to(device)
-            with frozen(classifier), FeatureHook(layer) as hook:
-                classifier(x)
-                feats = hook.output.float()
+            _, feats = logits_and_features(classifier, layer, x)
             mean = torch.from_numpy(cls.mean).to(feats)
             for k, proto in enumerate(cls.summaries):
                 scores[k].append(locate(feats, proto, mean, tuple(x.shape[-2:]))[0])
@@ -139,6 +135,25 @@ def calibrate_on_images(
             )
         out[target] = replace(cls, summaries=calibrated)
     return out
+
+
+def is_found(located: Mapping, min_p_value: float, min_log_odds_drop: float) -> bool:
+    """Whether a located summary (an ``apply_images`` record) counts as found: its match is
+    typical enough (``p_value``) and blurring its box costs the class at least
+    ``min_log_odds_drop`` more log-odds than blurring random boxes of its size."""
+    margin = located["log_odds_drop"] - located["random_log_odds_drop"]
+    return located["p_value"] >= min_p_value and margin >= min_log_odds_drop
+
+
+@torch.no_grad()
+def logits_and_features(
+    classifier: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) -> logits (B, K) and ``layer``'s feature grid (B, C, h, w) float32, the
+    classifier frozen."""
+    with frozen(classifier), FeatureHook(layer) as hook:
+        logits = classifier(images)
+        return logits, hook.output.float()
 
 
 @torch.no_grad()
@@ -176,9 +191,8 @@ def apply_images(
         was found; None when the class has none).
     """
     n, _, height, width = images.shape
-    with frozen(classifier), FeatureHook(layer) as hook:
-        probs = torch.softmax(classifier(images), 1)
-        feats = hook.output.float()
+    logits, feats = logits_and_features(classifier, layer, images)
+    probs = torch.softmax(logits, 1)
     predicted = probs.argmax(1).tolist()
     out = []
     for i in range(n):
@@ -216,25 +230,22 @@ def apply_images(
         counted = [p for p in cls.summaries if p.relied_on or not settings.relied_on_only]
         for k, (proto, (score, _), box) in enumerate(zip(cls.summaries, located, boxes)):
             p_value, outside = calibrate(float(score[0]), proto)
-            over_random = float(evidence[k, 0] - evidence[k, 1:].mean())
-            found = p_value >= settings.min_p_value and over_random >= settings.min_log_odds_drop
-            entry["summaries"].append(
-                {
-                    "number": proto.number,
-                    "tag": proto.tag,
-                    "relied_on": proto.relied_on,
-                    "box": [int(v) for v in box],
-                    "score": float(score[0]),
-                    "p_value": p_value,
-                    "outside_share": outside,
-                    "drop": float(drops[k, 0]),
-                    "random_drop": float(drops[k, 1:].mean()),
-                    "log_odds_drop": float(evidence[k, 0]),
-                    "random_log_odds_drop": float(evidence[k, 1:].mean()),
-                    "found": bool(found),
-                }
-            )
-            if found and proto in counted:
+            record = {
+                "number": proto.number,
+                "tag": proto.tag,
+                "relied_on": proto.relied_on,
+                "box": [int(v) for v in box],
+                "score": float(score[0]),
+                "p_value": p_value,
+                "outside_share": outside,
+                "drop": float(drops[k, 0]),
+                "random_drop": float(drops[k, 1:].mean()),
+                "log_odds_drop": float(evidence[k, 0]),
+                "random_log_odds_drop": float(evidence[k, 1:].mean()),
+            }
+            record["found"] = is_found(record, settings.min_p_value, settings.min_log_odds_drop)
+            entry["summaries"].append(record)
+            if record["found"] and proto in counted:
                 entry["strategy"].append(proto.number)
         # atypical: none of the class's relied-on summaries found (None: the class has none)
         entry["atypical"] = (not entry["strategy"]) if counted else None
