@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import SUBPROCESS_ENV
 
-from vislight.apply.core import ApplySettings, apply_images, calibrate_on_images
+from vislight.apply.core import ApplySettings, apply_images, calibrate_on_images, is_found
 from vislight.apply.locate import (
     SummaryPrototype,
     box_mask,
@@ -54,12 +54,34 @@ def test_window_match_finds_the_planted_pattern_and_its_box():
     np.testing.assert_allclose(scores, score.numpy(), rtol=1e-6)
 
 
-def test_calibration_is_a_conformal_rank_among_the_class_images():
+def test_calibration_ranks_the_match_among_the_class_its_holders_and_the_rest():
     proto = _proto([1.0], members=(0.5, 0.7, 0.9), others=(0.1, 0.6, 0.8))
-    assert calibrate(0.05, proto) == (1 / 7, 1.0)  # no image matches no better: 1 / (1 + 6)
-    assert calibrate(0.4, proto) == (2 / 7, 2 / 3)
-    assert calibrate(0.8, proto) == (6 / 7, 1 / 3)
-    assert calibrate(0.95, proto) == (1.0, 0.0)
+    # (p among all 6 images, p among the 3 holding a member, p of beating the 3 others)
+    expected = {0.05: (1 / 7, 1 / 4, 1.0), 0.4: (2 / 7, 1 / 4, 3 / 4),
+                0.8: (6 / 7, 3 / 4, 2 / 4), 0.95: (1.0, 1.0, 1 / 4)}  # fmt: skip
+    for score, (p, member_p, outside_p) in expected.items():
+        assert calibrate(score, proto) == pytest.approx(
+            {"p_value": p, "member_p_value": member_p, "outside_p_value": outside_p}
+        )
+
+
+def _located(p_value, member_p_value, outside_p_value, margin=1.0) -> dict:
+    return {"p_value": p_value, "member_p_value": member_p_value,
+            "outside_p_value": outside_p_value, "log_odds_drop": margin,
+            "random_log_odds_drop": 0.0}  # fmt: skip
+
+
+def test_a_summary_held_by_part_of_the_class_is_found_only_where_the_match_is_like_its_holders():
+    # typical of the class and of its holders: found (when blurring the box hurts enough)
+    assert is_found(_located(0.5, 0.5, 0.5), 0.1, 0.25)
+    assert not is_found(_located(0.5, 0.5, 0.5, margin=0.2), 0.1, 0.25)
+    # typical of the class only because half of the class lacks the summary (a watermark): the
+    # match is below every holder and no better than the images without it -> not found
+    assert not is_found(_located(0.4, 0.05, 0.5), 0.1, 0.25)
+    # below every holder but above every image without it -> found
+    assert is_found(_located(0.6, 0.05, 0.05), 0.1, 0.25)
+    # worse than nearly every image of the class -> not found, however it ranks otherwise
+    assert not is_found(_located(0.05, 0.5, 0.05), 0.1, 0.25)
 
 
 def test_random_boxes_keep_the_size_inside_the_image():
@@ -187,8 +209,7 @@ def test_apply_run_writes_results_pages_and_links_them(tiny_run):
         for s in e["summaries"]:
             x0, y0, x1, y1 = s["box"]
             assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
-            margin = s["log_odds_drop"] - s["random_log_odds_drop"]
-            assert s["found"] == (s["p_value"] >= 0.1 and margin >= 0.25)
+            assert s["found"] == is_found(s, 0.1, 0.25)
         assert (out / e["png"]).is_file()
     index = (out / "index.html").read_text()
     for name in result["classes"]:

@@ -138,11 +138,19 @@ def calibrate_on_images(
 
 
 def is_found(located: Mapping, min_p_value: float, min_log_odds_drop: float) -> bool:
-    """Whether a located summary (an ``apply_images`` record) counts as found: its match is
-    typical enough (``p_value``) and blurring its box costs the class at least
-    ``min_log_odds_drop`` more log-odds than blurring random boxes of its size."""
+    """Whether a located summary (an ``apply_images`` record) counts as found:
+
+    * its match is typical of the class (``p_value >= min_p_value``),
+    * and of the images holding the summary (``member_p_value >= min_p_value``), or it beats
+      the images without it (``outside_p_value <= min_p_value``), so that a summary the run
+      found in only part of the class is not found wherever the class is;
+    * and blurring its box costs the class at least ``min_log_odds_drop`` more log-odds than
+      blurring random boxes of its size."""
     margin = located["log_odds_drop"] - located["random_log_odds_drop"]
-    return located["p_value"] >= min_p_value and margin >= min_log_odds_drop
+    like_holders = (
+        located["member_p_value"] >= min_p_value or located["outside_p_value"] <= min_p_value
+    )
+    return located["p_value"] >= min_p_value and like_holders and margin >= min_log_odds_drop
 
 
 @torch.no_grad()
@@ -183,7 +191,8 @@ def apply_images(
     Returns:
         Per image: ``predicted``, ``probability`` (of the predicted class), ``target``,
         ``target_probability``, ``summaries`` (per summary: ``number``, ``tag``, ``relied_on``,
-        ``box``, ``score``, ``p_value``, ``outside_share``, ``drop`` and ``random_drop`` (relative
+        ``box``, ``score``, ``p_value``, ``member_p_value``, ``outside_p_value``, ``drop`` and
+        ``random_drop`` (relative
         probability drops when the box, or boxes of its size at random places, are blurred),
         ``log_odds_drop`` and ``random_log_odds_drop`` (the same in log-odds), ``found``),
         ``strategy`` (the
@@ -229,15 +238,13 @@ def apply_images(
         evidence = log_odds(p_x) - log_odds(p_blur)  # log-odds drops: no saturation near p = 1
         counted = [p for p in cls.summaries if p.relied_on or not settings.relied_on_only]
         for k, (proto, (score, _), box) in enumerate(zip(cls.summaries, located, boxes)):
-            p_value, outside = calibrate(float(score[0]), proto)
             record = {
                 "number": proto.number,
                 "tag": proto.tag,
                 "relied_on": proto.relied_on,
                 "box": [int(v) for v in box],
                 "score": float(score[0]),
-                "p_value": p_value,
-                "outside_share": outside,
+                **calibrate(float(score[0]), proto),
                 "drop": float(drops[k, 0]),
                 "random_drop": float(drops[k, 1:].mean()),
                 "log_odds_drop": float(evidence[k, 0]),

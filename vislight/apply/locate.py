@@ -7,10 +7,20 @@ members' median box (the descriptor of a window is the feature map average-poole
 region's is over its mask): the best window is where the summary is, its cosine the match score.
 
 The score is calibrated on the run's own images of the class, the ones its summaries were made
-from: ``p_value`` is the conformal p-value of the match among their best matches,
-``(1 + #images matching no better) / (1 + #images)``: small when the match is worse than in nearly
-every image of the class the run explained (the part is likely not there). ``outside_share`` is
-the share of those images *without* a member of the summary whose best match is at least as good.
+from, by three conformal p-values of the match among their best matches:
+
+* ``p_value``, among every explained image of the class, ``(1 + #images matching no better) /
+  (1 + #images)``: small when the match is worse than in nearly every image of the class (the
+  part is likely not there);
+* ``member_p_value``, the same among the images holding one of the summary's members: small when
+  the match is worse than nearly everywhere the run found the summary;
+* ``outside_p_value``, ``(1 + #images matching at least as well) / (1 + #images)`` among the
+  class's images holding *no* member: small when the match beats nearly every image where the run
+  did not find the summary.
+
+A summary found in only part of the class (a watermark on half of its images) passes the first
+test wherever the class is; the other two tell whether this image is like the images that hold it
+(:func:`vislight.apply.core.is_found` combines them).
 :func:`vislight.apply.core.calibrate_on_images` measures the reference with the same best-window
 search a new image gets; before it, the members' and the class's other regions' descriptors stand
 in.
@@ -171,13 +181,19 @@ def locate(
     return score.cpu().numpy(), boxes
 
 
-def calibrate(score: float, proto: SummaryPrototype) -> tuple[float, float]:
-    """``(p_value, outside_share)`` of a match score (see the module docstring)."""
+def calibrate(score: float, proto: SummaryPrototype) -> dict[str, float]:
+    """``p_value``, ``member_p_value`` and ``outside_p_value`` of a match score (the module
+    docstring defines them; each is 1.0 when its reference is empty)."""
     members, others = proto.member_scores, proto.other_scores
-    reference = np.concatenate([members, others])  # every explained image of the class
-    p_value = (1 + int((reference <= score).sum())) / (1 + len(reference))
-    outside = float((others >= score).mean()) if len(others) else 0.0
-    return float(min(p_value, 1.0)), outside
+
+    def at_most(reference: np.ndarray) -> float:  # share of the reference matching no better
+        return (1 + int((reference <= score).sum())) / (1 + len(reference))
+
+    return {
+        "p_value": at_most(np.concatenate([members, others])),  # every explained image
+        "member_p_value": at_most(members),
+        "outside_p_value": (1 + int((others >= score).sum())) / (1 + len(others)),
+    }
 
 
 def random_boxes(

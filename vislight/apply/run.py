@@ -1,7 +1,7 @@
 """``apply_run``: a finished run's summaries located in new images, written to ``apply/<name>/``.
 
 Writes ``apply.json`` (per image: predicted class, every summary of the explained class located
-with its box, match score, p-value and deletion check, the image's strategy and the atypical flag;
+with its box, match score, p-values and deletion check, the image's strategy and the atypical flag;
 per class: the share of images where each summary was found and the atypical share),
 ``index.html`` and one page per class (each image with its found summaries outlined and tagged),
 and links the application from the run's report.
