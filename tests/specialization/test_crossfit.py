@@ -33,6 +33,13 @@ def test_cub_train_halves_cover_the_train_split(shared_dir):
     assert abs(len(a) - len(b)) <= 3  # at most one image more per class in half a
     test = CubPartsDataset(split="test", **kw)
     assert not set(test.ids) & set(train.ids)
+    # half b's own halves, for choosing inside the held-in half
+    b1, b2 = CubPartsDataset(split="train_b1", **kw), CubPartsDataset(split="train_b2", **kw)
+    assert sorted(b1.ids + b2.ids) == sorted(b.ids) and not set(b1.ids) & set(b2.ids)
+    assert b1.ids != b.ids[: len(b1.ids)]  # a shuffled cut, not the first images
+    for c in range(3):
+        own = [lab == c for lab in b1.labels]
+        assert sum(own) == (sum(lab == c for lab in b.labels) + 1) // 2
 
 
 def test_the_default_train_split_keeps_the_cached_trainings():
@@ -80,3 +87,18 @@ def test_split_roles_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="heldout_split='val'"):
         validate(cfg)
     validate(compose_job_config(["experiment=specialize_synth_crossfit"], tmp_path))
+
+
+def test_choosing_inside_the_held_in_half_needs_the_base_model_on_the_other(tmp_path):
+    validate(compose_job_config(["experiment=specialize_cub_select"], tmp_path))
+    cfg = compose_job_config(
+        ["experiment=specialize_cub_select", "data.train_split=train"], tmp_path
+    )
+    with pytest.raises(ConfigError, match="data.train_split=train_a"):
+        validate(cfg)
+    # train_b2 is held out only when the summaries come from train_b1
+    cfg = compose_job_config(
+        ["experiment=specialize_cub_crossfit", "specialize.heldout_split=train_b2"], tmp_path
+    )
+    with pytest.raises(ConfigError, match="heldout_split='train_b2'"):
+        validate(cfg)

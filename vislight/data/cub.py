@@ -53,10 +53,12 @@ def crop_transform(
     return scale, float(left), float(top)
 
 
-SPLITS = ("train", "test", "all", "train_a", "train_b")
+SPLITS = ("train", "test", "all", "train_a", "train_b", "train_b1", "train_b2")
 
 
-def half_of(ids: Sequence[int], labels: Mapping[int, int], half: str, seed: int) -> list[int]:
+def half_of(
+    ids: Sequence[int], labels: Mapping[int, int], half: str, seed: int | Sequence[int]
+) -> list[int]:
     """Half ``a`` or ``b`` of the image ids, stratified: each class's ids shuffled with ``seed``,
     the first ceil(n / 2) to ``a``, the rest to ``b``; sorted like ``ids``. One generator serves
     the classes in order, so the cut depends on the set of classes loaded: a run and the runs
@@ -82,7 +84,9 @@ class CubPartsDataset(Dataset):
         label_names: label -> name (default: the CUB class folder name).
         split: ``train``, ``test`` or ``all`` (the official split), or ``train_a`` / ``train_b``:
             the two halves of the official train split, each class's train images shuffled with
-            ``half_seed`` and cut in two (``train_a`` gets the odd one), for cross-fitting.
+            ``half_seed`` and cut in two (``train_a`` gets the odd one), for cross-fitting; or
+            ``train_b1`` / ``train_b2``: ``train_b`` cut in two the same way (seed
+            ``[half_seed, 1]``), to choose settings inside the held-in half.
         half_seed: the seed of that cut.
     """
 
@@ -128,8 +132,11 @@ class CubPartsDataset(Dataset):
             for i in sorted(paths)
             if labels[i] in wanted and (split == "all" or is_train[i] == (official == "train"))
         ]
-        if split in ("train_a", "train_b"):
-            self.ids = half_of(self.ids, labels, split[-1], half_seed)
+        if split.startswith("train_"):  # train_a, train_b, and train_b's halves b1 / b2
+            self.ids = half_of(self.ids, labels, split[6], half_seed)
+            if len(split) == 8:
+                part = "a" if split[7] == "1" else "b"
+                self.ids = half_of(self.ids, labels, part, [half_seed, 1])
         self.labels = [label_map[labels[i]] for i in self.ids]
         self.paths = [self.root / "images" / paths[i] for i in self.ids]
         boxes = {

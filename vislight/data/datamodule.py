@@ -412,6 +412,6 @@ class CubDataModule(ClassificationDataModule):
             self.classes = self.test_set.classes
 
     def split_set(self, split: str) -> Dataset:
-        """The images of ``split`` (train, test, all, train_a, train_b), whatever the evaluated
-        split."""
+        """The images of ``split`` (train, test, all, train_a, train_b, train_b1, train_b2),
+        whatever the evaluated split."""
         return CubPartsDataset(split=split, **self.kw)
