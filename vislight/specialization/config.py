@@ -67,13 +67,15 @@ def validate_specialize_order(cfg: DictConfig) -> None:
     )
     if kind == "synth" and heldout == "val" and (uses_val or cfg.data.get("split") == "val"):
         allowed = ("test",)  # val chooses the groups, or the summaries come from it
-    if kind == "cub" and cfg.data.get("split") == "train_b1":
-        # choosing settings inside the held-in half: base on train_a, summaries and heads on
-        # train_b1, accuracy on train_b2 (the test split stays unseen)
-        allowed = (*allowed, "train_b2")
+    inner = {"train_b1": "train_b2", "train_b2": "train_b1"}
+    if kind == "cub" and cfg.data.get("split") in inner:
+        # choosing settings inside the held-in half: base on train_a, summaries and heads on one
+        # half of train_b, accuracy on the other (the test split stays unseen)
+        allowed = (*allowed, inner[cfg.data.split])
         if cfg.data.get("train_split") != "train_a":
             raise ConfigError(
-                f"data.split=train_b1 with data.train_split={cfg.data.get('train_split')!r}: "
+                f"data.split={cfg.data.split} with data.train_split="
+                f"{cfg.data.get('train_split')!r}: "
                 "the halves of train_b are for choosing inside the held-in half; train the base "
                 "model on the other half (data.train_split=train_a)"
             )
