@@ -10,6 +10,7 @@ from scipy import stats
 
 from vislight.data.cub import CubPartsDataset, half_of
 from vislight.pipeline import ConfigError, validate
+from vislight.specialization.config import validate_specialize_order
 from vislight.specialization.stage import paired_tests
 from vislight.training.fit import classifier_cache_key
 
@@ -90,15 +91,20 @@ def test_split_roles_are_checked(tmp_path):
 
 
 def test_choosing_inside_the_held_in_half_needs_the_base_model_on_the_other(tmp_path):
-    validate(compose_job_config(["experiment=specialize_cub_select"], tmp_path))
+    # (the split roles alone: validate() would also open the CUB folder)
+    validate_specialize_order(compose_job_config(["experiment=specialize_cub_select"], tmp_path))
+    swapped = ["data.split=train_b2", "specialize.heldout_split=train_b1"]
+    validate_specialize_order(
+        compose_job_config(["experiment=specialize_cub_select", *swapped], tmp_path)
+    )
     cfg = compose_job_config(
         ["experiment=specialize_cub_select", "data.train_split=train"], tmp_path
     )
     with pytest.raises(ConfigError, match="data.train_split=train_a"):
-        validate(cfg)
-    # train_b2 is held out only when the summaries come from train_b1
+        validate_specialize_order(cfg)
+    # a half of train_b is held out only when the summaries come from the other half
     cfg = compose_job_config(
         ["experiment=specialize_cub_crossfit", "specialize.heldout_split=train_b2"], tmp_path
     )
     with pytest.raises(ConfigError, match="heldout_split='train_b2'"):
-        validate(cfg)
+        validate_specialize_order(cfg)
