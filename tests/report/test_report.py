@@ -190,6 +190,26 @@ def test_user_strings_are_escaped_in_every_page(tmp_path):
             "heldout_split": EVIL,
             "seeds": [0],
             "groups": [{"classes": [EVIL], "heldout_images": 2, "base": 0.5}],
+            "overall": {
+                "heldout_images": 2,
+                **{
+                    m: {"mean": 0.5, "std": 0.0} for m in ("base", "kmeans_control", "head_control")
+                },
+                "specialized": {"mean": 0.75, "std": 0.01},
+                "paired": {
+                    "kmeans_control": {
+                        "pairs": 3,
+                        "mean_difference": 0.25,
+                        "wins": 3,
+                        "losses": 0,
+                        "t_test_p": 0.0123,
+                        "wilcoxon_p": 0.125,
+                        "groups": 1,
+                        "group_t_test_p": None,
+                        "group_wilcoxon_p": None,
+                    }
+                },
+            },
         },
     }
     summaries = {"classes": {EVIL: _summaries()["classes"][EVIL]}}
@@ -213,6 +233,9 @@ def test_user_strings_are_escaped_in_every_page(tmp_path):
     for where in (
         "Specialisation (held-out &lt;script&gt;",
         "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>",
+        # the paired tests beside the accuracies
+        "<tr><td>k-means control</td><td>3</td><td>+0.2500</td><td>3 / 0</td><td>0.012</td>"
+        "<td>0.125</td><td>1</td><td>–</td><td>–</td></tr>",
     ):
         assert where in pages["index"]
     assert f"<pre>{escape(f'name: {EVIL} {QUOTE}')}" in pages["index"]

@@ -195,6 +195,20 @@ def _specialization_section(metrics: Mapping) -> dict | None:
             if "specialized" in total
             else None
         ),
+        # specialised minus each other method, paired over (group, seed) and over the groups
+        "paired": [
+            {
+                "other": SPECIALIZATION_METHODS.get(other, other),
+                "pairs": t.get("pairs"),
+                "difference": f"{t['mean_difference']:+.4f}",
+                "wins": f"{t.get('wins')} / {t.get('losses')}",
+                "p": [fmt(t.get(k)) for k in ("t_test_p", "wilcoxon_p")],
+                "groups": t.get("groups", ""),
+                "group_p": [fmt(t.get(k)) for k in ("group_t_test_p", "group_wilcoxon_p")],
+            }
+            for other, t in (total.get("paired") or {}).items()
+            if t.get("mean_difference") is not None
+        ],
     }
 
 
