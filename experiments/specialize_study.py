@@ -35,6 +35,8 @@ VARIANTS = {
     "lr 0.003": ["specialize.lr=0.003"],
     "prototypes at _blocks.8": ["specialize.layer=_blocks.8"],
     "prototypes at _blocks.12": ["specialize.layer=_blocks.12"],
+    "prototypes at _blocks.8 + _blocks.10": ["specialize.layer=[_blocks.8,_blocks.10]"],
+    "prototypes at _blocks.10 + _blocks.12": ["specialize.layer=[_blocks.10,_blocks.12]"],
 }
 # The rule: the variant whose specialised heads lead the best of the base model and both controls
 # by the most on train_b2 (accuracy over the groups, mean over seeds); ties: the first listed.

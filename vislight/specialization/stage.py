@@ -101,6 +101,16 @@ def _fit(train: dict, num_prototypes: int, g: int, head, train_head: bool, cfg: 
     return module.eval()
 
 
+def layer_names(layer) -> list[str | None]:
+    """``specialize.layer`` as a list: null (the model's feature layer), a name, or a list."""
+    if layer is None or isinstance(layer, str):
+        return [layer]
+    names = [str(n) for n in layer]
+    if not names:
+        raise ValueError("specialize.layer=[] names no layer: give a layer name, a list, or null")
+    return names
+
+
 def _evidence(maps: torch.Tensor, protos: torch.Tensor, mean: torch.Tensor, ref=None):
     """Prototype evidence standardised with the train images' statistics ``ref`` (mu, sigma)."""
     e = prototype_evidence(maps, protos, mean)
@@ -133,48 +143,41 @@ def specialize_group(
     """
     group = list(group)
     names = [class_names[c] for c in group]
-    layer = classifier.feature_module(cfg.get("layer"))
     remap = {c: k for k, c in enumerate(group)}
-
-    def features(ds, desc):
-        f = collect_features(
-            classifier,
-            ds,
-            _indices_of(ds, group),
-            layer,
-            device,
-            int(cfg["feature_batch_size"]),
-            desc,
-        )
-        f["label"] = torch.tensor([remap[int(y)] for y in f["labels"]])
-        return f
-
-    train = features(train_set, f"train features {names}")
-    held = features(heldout_set, f"held-out features {names}")
-    mean = train["maps"].mean((0, 2, 3))
+    batch = int(cfg["feature_batch_size"])
     members = sorted(
         {m["index"] for c in names for s in summaries.get(c, []) for m in s["members"]}
     )
-    member_maps = (
-        collect_features(
-            classifier,
-            summary_set,
-            members,
-            layer,
-            device,
-            int(cfg["feature_batch_size"]),
-            "summary regions",
-        )["maps"]
-        if members
-        else torch.zeros(0)
-    )
-    maps_of = {i: member_maps[k] for k, i in enumerate(members)}
-    protos = summary_prototypes([s for c in names for s in summaries.get(c, [])], maps_of, mean)
+    records = [s for c in names for s in summaries.get(c, [])]
+    train = held = None
+    layers = []  # per layer: train maps, held-out maps, train mean, summary prototypes
+    for layer_name in layer_names(cfg.get("layer")):
+        layer = classifier.feature_module(layer_name)
+        where = f" at {layer_name}" if layer_name else ""
+        t, h = (
+            collect_features(classifier, ds, _indices_of(ds, group), layer, device, batch,
+                             f"{desc} features {names}{where}")
+            for ds, desc in ((train_set, "train"), (heldout_set, "held-out"))
+        )  # fmt: skip
+        mean = t["maps"].mean((0, 2, 3))
+        member_maps = (
+            collect_features(classifier, summary_set, members, layer, device, batch,
+                             f"summary regions{where}")["maps"]
+            if members else torch.zeros(0)
+        )  # fmt: skip
+        maps_of = {i: member_maps[k] for k, i in enumerate(members)}
+        protos = summary_prototypes(records, maps_of, mean)
+        if len(protos):
+            layers.append((t["maps"], h["maps"], mean, protos))
+        train, held = train or t, held or h  # (pooled inputs, logits, labels: any layer's)
+    for f in (train, held):
+        f["label"] = torch.tensor([remap[int(y)] for y in f["labels"]])
+    protos = [p for *_, p in layers]
     head = classifier.head()
     head_init = (head.weight[group].detach().cpu(), head.bias[group].detach().cpu())
     result: dict = {
         "classes": names,
-        "prototypes": len(protos),
+        "prototypes": sum(len(p) for p in protos),
         "train_images": len(train["label"]),
         "heldout_images": len(held["label"]),
         "base": float((held["logits"][:, group].argmax(1) == held["label"]).float().mean()),
@@ -182,7 +185,7 @@ def specialize_group(
             (held["logits"].argmax(1) == torch.tensor(group)[held["label"]]).float().mean()
         ),
     }
-    if len(protos) == 0:
+    if not layers:
         result["note"] = "no summaries for these classes: nothing to specialise on"
         log.warning("specialize %s: no summaries, group skipped", names)
         return result
@@ -190,16 +193,20 @@ def specialize_group(
     train_head = bool(cfg["train_head"])
     base = {"pooled": train["pooled"], "label": train["label"]}
     base_held = {"pooled": held["pooled"], "label": held["label"]}
+    n_protos = result["prototypes"]
     for seed in cfg["seeds"]:
         seed = int(seed)
-        control = kmeans_prototypes(train["maps"], mean, len(protos), seed)
-        for method, p in (("specialized", protos), ("kmeans_control", control)):
-            e_train, ref = _evidence(train["maps"], p, mean)
-            e_held, _ = _evidence(held["maps"], p, mean, ref)
-            module = _fit(
-                {**base, "evidence": e_train}, len(p), len(group), head_init, train_head, cfg, seed
-            )
-            runs[method].append(_accuracy(module, {**base_held, "evidence": e_held}))
+        # the control: as many k-means centroids per layer as that layer has summary prototypes
+        control = [kmeans_prototypes(tm, mean, len(p), seed) for tm, _, mean, p in layers]
+        for method, chosen in (("specialized", protos), ("kmeans_control", control)):
+            e_train, e_held = [], []
+            for (train_maps, held_maps, mean, _), p in zip(layers, chosen):
+                e, ref = _evidence(train_maps, p, mean)
+                e_train.append(e)
+                e_held.append(_evidence(held_maps, p, mean, ref)[0])
+            module = _fit({**base, "evidence": torch.cat(e_train, 1)}, n_protos, len(group),
+                          head_init, train_head, cfg, seed)  # fmt: skip
+            runs[method].append(_accuracy(module, {**base_held, "evidence": torch.cat(e_held, 1)}))
         module = _fit(base, 0, len(group), head_init, True, cfg, seed)
         runs["head_control"].append(_accuracy(module, base_held))
     for method, accs in runs.items():
@@ -207,7 +214,7 @@ def specialize_group(
     log.info(
         "specialize %s (%d prototypes, %d held-out images): base %.3f, specialised %.3f±%.3f, "
         "k-means control %.3f±%.3f, head fine-tuning %.3f±%.3f",
-        names, len(protos), result["heldout_images"], result["base"],
+        names, n_protos, result["heldout_images"], result["base"],
         *(v for m in METHODS for v in (result[m]["mean"], result[m]["std"])),
     )  # fmt: skip
     return result
