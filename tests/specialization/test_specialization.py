@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers import TINY_PIPELINE, compose_config, compose_job_config, run_vislight
 
 from vislight.__main__ import run_or_exit
+from vislight.models.registry import build_classifier
 from vislight.pipeline import ConfigError, validate
 from vislight.specialization.groups import confused_groups, soft_confusion
 from vislight.specialization.module import SpecializationModule
@@ -20,7 +21,14 @@ from vislight.specialization.prototypes import (
     prototype_evidence,
     region_descriptor,
 )
-from vislight.specialization.stage import _evidence, _fit, summarize_groups
+from vislight.specialization.stage import (
+    _evidence,
+    _fit,
+    layer_names,
+    specialize_group,
+    summarize_groups,
+)
+from vislight.summaries.rle import rle_encode
 
 
 def test_soft_confusion_ranks_classes_even_when_every_argmax_is_right():
@@ -219,3 +227,60 @@ def test_unknown_classes_in_named_groups_stop_before_training(tmp_path, capsys):
     assert stop.value.code == 2 and "lists ['nope'], which are not classes of synth" in err, err
     assert not (tmp_path / "cache").exists()  # nothing trained
     assert not (tmp_path / "run" / "metrics.json").exists()  # the first stage did not finish
+
+
+class _Blobs(torch.utils.data.Dataset):
+    """3 classes of 32-px images: a bright square at a class-specific place, noise elsewhere."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = [i % 3 for i in range(n)]
+        self.images = torch.rand(n, 3, 32, 32, generator=g) * 0.3
+        for i, y in enumerate(self.labels):
+            self.images[i, y, 4 + 8 * y : 12 + 8 * y, 4:12] = 1.0
+
+    def targets(self) -> list[int]:
+        return self.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": self.labels[i]}
+
+
+def test_prototypes_from_several_layers_concatenate_their_evidence():
+    torch.manual_seed(0)
+    clf = build_classifier(
+        {"_target_": "vislight.models.zoo.small_cnn", "name": "resnet_small",
+         "arch": "resnet_small", "width": 8, "num_classes": 3, "input_size": 32,
+         "mean": [0.5] * 3, "std": [0.25] * 3, "feature_layer": "layer2"}
+    ).eval()  # fmt: skip
+    train, held = _Blobs(24, 0), _Blobs(12, 1)
+    square = np.zeros((32, 32), bool)
+
+    def summary(index: int) -> dict:
+        y = train.labels[index]
+        region = square.copy()
+        region[4 + 8 * y : 12 + 8 * y, 4:12] = True
+        return {"members": [{"index": index, "mask_rle": rle_encode(region)}]}
+
+    summaries = {"a": [summary(0), summary(3)], "b": [summary(1)]}
+    cfg = {"seeds": [0], "feature_batch_size": 8, "train_head": True, "epochs": 2,
+           "batch_size": 8, "lr": 0.01, "weight_decay": 0.0, "init_std": 0.01}  # fmt: skip
+
+    def run(layer):
+        return specialize_group(clf, [0, 1], ["a", "b", "c"], summaries, train, train, held,
+                                {**cfg, "layer": layer}, torch.device("cpu"))  # fmt: skip
+
+    one, two = run(None), run(["layer1", "layer2"])
+    # 3 summaries -> 3 prototypes per layer; the same images and base model either way
+    assert one["prototypes"] == 3 and two["prototypes"] == 6
+    assert one["train_images"] == two["train_images"] == 16  # classes a and b of 24 images
+    assert one["base"] == two["base"]
+    for result in (one, two):
+        for m in ("specialized", "kmeans_control", "head_control"):
+            assert len(result[m]["runs"]) == 1 and 0.0 <= result[m]["mean"] <= 1.0
+    assert layer_names(None) == [None] and layer_names("layer2") == ["layer2"]
+    with pytest.raises(ValueError, match="names no layer"):
+        layer_names([])
