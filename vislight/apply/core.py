@@ -192,12 +192,10 @@ def apply_images(
         Per image: ``predicted``, ``probability`` (of the predicted class), ``target``,
         ``target_probability``, ``summaries`` (per summary: ``number``, ``tag``, ``relied_on``,
         ``box``, ``score``, ``p_value``, ``member_p_value``, ``outside_p_value``, ``drop`` and
-        ``random_drop`` (relative
-        probability drops when the box, or boxes of its size at random places, are blurred),
-        ``log_odds_drop`` and ``random_log_odds_drop`` (the same in log-odds), ``found``),
-        ``strategy`` (the
-        numbers of the relied-on summaries found), ``atypical`` (the class has summaries and none
-        was found; None when the class has none).
+        ``random_drop`` (relative probability drops when the box, or boxes of its size at random
+        places, are blurred), ``log_odds_drop`` and ``random_log_odds_drop`` (the same in
+        log-odds), ``found``), ``strategy`` (the numbers of the relied-on summaries found),
+        ``atypical`` (the class has summaries and none was found; None when the class has none).
     """
     n, _, height, width = images.shape
     logits, feats = logits_and_features(classifier, layer, images)
