@@ -247,9 +247,14 @@ def stage_groups(ctx: RunContext) -> None:
     ``specialize.num_groups`` groups of ``specialize.group_size`` classes the base model confuses
     most on ``specialize.groups_split`` (val, or the evaluated split when cross-fitting; soft
     confusion). Later stages explain these classes only."""
-    from vislight.specialization.stage import choose_groups
+    from vislight.specialization.stage import choose_groups, layer_names
 
     cfg, dm = ctx.cfg.specialize, ctx.datamodule
+    for name in layer_names(cfg.get("layer")):  # a misnamed layer fails before the masks
+        try:
+            ctx.classifier.feature_module(name)
+        except ValueError as e:
+            raise ConfigError(f"specialize.layer: {e}") from None
     dm.setup("fit")
     dm.setup("test")
     if cfg.get("groups"):  # names checked by `evaluate`

@@ -198,6 +198,8 @@ def test_specialize_synth_runs_end_to_end(tmp_path):
             "needs 'groups', 'masks' and",
         ),
         ("specialize.seeds=[]", "specialize.seeds=[] is invalid"),
+        ("specialize.layer=[]", "specialize.layer=[] is invalid"),
+        ("specialize.layer=[layer1,'']", "specialize.layer=['layer1', ''] is invalid"),
         ("specialize.group_size=1", "specialize.group_size=1 is out of range"),
     ],
 )
@@ -282,5 +284,7 @@ def test_prototypes_from_several_layers_concatenate_their_evidence():
         for m in ("specialized", "kmeans_control", "head_control"):
             assert len(result[m]["runs"]) == 1 and 0.0 <= result[m]["mean"] <= 1.0
     assert layer_names(None) == [None] and layer_names("layer2") == ["layer2"]
+    with pytest.raises(ValueError, match="'nope' is not a layer"):
+        run(["layer2", "nope"])
     with pytest.raises(ValueError, match="names no layer"):
         layer_names([])

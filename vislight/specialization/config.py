@@ -17,6 +17,15 @@ def validate_specialize(cfg: DictConfig) -> None:
             "a non-empty list of integers",
         ),
         (
+            "specialize.layer",
+            lambda v: (
+                v is None
+                or (isinstance(v, str) and v != "")
+                or (len(v) >= 1 and all(isinstance(x, str) and x for x in v))
+            ),
+            "null, a layer name, or a non-empty list of layer names, e.g. [_blocks.8,_blocks.10]",
+        ),
+        (
             "specialize.groups",
             lambda v: v is None or all(not isinstance(g, str) and len(g) >= 2 for g in v),
             "null or a list of groups of >= 2 class names, e.g. [[a,b],[c,d]]",
