@@ -149,29 +149,26 @@ def specialize_group(
         {m["index"] for c in names for s in summaries.get(c, []) for m in s["members"]}
     )
     records = [s for c in names for s in summaries.get(c, [])]
-    train = held = None
-    layers = []  # per layer: train maps, held-out maps, train mean, summary prototypes
-    for layer_name in layer_names(cfg.get("layer")):
-        layer = classifier.feature_module(layer_name)
-        where = f" at {layer_name}" if layer_name else ""
-        t, h = (
-            collect_features(classifier, ds, _indices_of(ds, group), layer, device, batch,
-                             f"{desc} features {names}{where}")
-            for ds, desc in ((train_set, "train"), (heldout_set, "held-out"))
-        )  # fmt: skip
-        mean = t["maps"].mean((0, 2, 3))
-        member_maps = (
-            collect_features(classifier, summary_set, members, layer, device, batch,
-                             f"summary regions{where}")["maps"]
-            if members else torch.zeros(0)
-        )  # fmt: skip
-        maps_of = {i: member_maps[k] for k, i in enumerate(members)}
-        protos = summary_prototypes(records, maps_of, mean)
-        if len(protos):
-            layers.append((t["maps"], h["maps"], mean, protos))
-        train, held = train or t, held or h  # (pooled inputs, logits, labels: any layer's)
+    modules = [classifier.feature_module(n) for n in layer_names(cfg.get("layer"))]
+    train, held = (
+        collect_features(classifier, ds, _indices_of(ds, group), modules, device, batch,
+                         f"{desc} features {names}")
+        for ds, desc in ((train_set, "train"), (heldout_set, "held-out"))
+    )  # fmt: skip
     for f in (train, held):
         f["label"] = torch.tensor([remap[int(y)] for y in f["labels"]])
+    member_maps = (
+        collect_features(classifier, summary_set, members, modules, device, batch,
+                         "summary regions")["maps"]
+        if members else [torch.zeros(0)] * len(modules)
+    )  # fmt: skip
+    layers = []  # per layer with prototypes: train maps, held-out maps, train mean, prototypes
+    for train_maps, held_maps, at_members in zip(train["maps"], held["maps"], member_maps):
+        mean = train_maps.mean((0, 2, 3))
+        maps_of = {i: at_members[k] for k, i in enumerate(members)}
+        protos = summary_prototypes(records, maps_of, mean)
+        if len(protos):
+            layers.append((train_maps, held_maps, mean, protos))
     protos = [p for *_, p in layers]
     head = classifier.head()
     head_init = (head.weight[group].detach().cpu(), head.bias[group].detach().cpu())
