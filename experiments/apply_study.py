@@ -84,13 +84,12 @@ class Applied:
         self.fr = FinishedRun.open(run_dir)
         self.clf = self.fr.classifier("cpu")
         self.classes = self.fr.classes
-        self.layer = self.clf.feature_module(self.fr.metrics.get("feature_layer"))
+        self.layer = self.fr.feature_layer(self.clf)
         own = self.fr.run_datamodule().test_set
         self.protos = calibrate_on_images(
             self.clf, self.layer, load_prototypes(self.fr, self.classes), lambda i: own[i]["image"]
         )
-        m = self.fr.cfg.masks
-        self.blur = (float(m.blur_kernel), float(m.blur_sigma), int(m.reference_size))
+        self.blur = self.fr.blur
         self.dataset = self.fr.datamodule().test_set
 
     def __call__(self, images, targets, settings=None, batch=64) -> list[dict]:
@@ -104,23 +103,26 @@ class Applied:
         return out
 
 
-# How a located summary's p-values decide, per dev candidate (each also needs the log-odds
-# margin): ``class``, typical of the class's images (the first rule); ``class & members``, and of
-# the images holding the summary; ``shipped``, vislight.apply.core.is_found (typical of the class,
-# and of the images holding the summary or beating those without it).
+def _margin_ok(s: dict, d: float) -> bool:
+    return s["log_odds_drop"] - s["random_log_odds_drop"] >= d
+
+
+# Whether a located summary counts as found, per dev candidate (p: min_p_value, d:
+# min_log_odds_drop): ``class``, typical of the class's images (the first rule); ``class &
+# members``, and of the images holding the summary; ``shipped``, vislight.apply.core.is_found
+# (typical of the class, and of the images holding the summary or beating those without it).
 CALIBRATIONS = {
-    "class": lambda s, p: s["p_value"] >= p,
-    "class & members": lambda s, p: min(s["p_value"], s["member_p_value"]) >= p,
-    "shipped": None,
+    "class": lambda s, p, d: s["p_value"] >= p and _margin_ok(s, d),
+    "class & members": lambda s, p, d: (
+        min(s["p_value"], s["member_p_value"]) >= p and _margin_ok(s, d)
+    ),
+    "shipped": is_found,
 }
 
 
 def found(s: dict, calibration: str, p: float, d: float) -> bool:
     """Whether a located summary counts as found under a dev candidate."""
-    if calibration == "shipped":
-        return is_found(s, p, d)
-    margin = s["log_odds_drop"] - s["random_log_odds_drop"]
-    return CALIBRATIONS[calibration](s, p) and margin >= d
+    return CALIBRATIONS[calibration](s, p, d)
 
 
 def synth_records(app: Applied, indices: list[int]) -> dict:

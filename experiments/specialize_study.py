@@ -45,6 +45,13 @@ METHODS = ("base", "specialized", "kmeans_control", "head_control")
 NOTES = "\nNotes:\n"
 
 
+def write_keeping_notes(path, md: str) -> None:
+    """Write ``md`` to ``path``, then the hand-written "Notes:" of its previous version."""
+    if path.is_file() and NOTES in path.read_text():  # hand-written notes survive reruns
+        md += NOTES + path.read_text().split(NOTES, 1)[1]
+    path.write_text(md)
+
+
 def _p(v) -> str:
     return "–" if v is None else f"{v:.3g}"
 
@@ -183,10 +190,7 @@ def select(extra: list[str]) -> int:
             + f" | {r['lead']:+.4f} | {per_fold} |"
         )
     md = "\n".join(lines) + "\n"
-    previous = out.with_suffix(".md")
-    if previous.is_file() and NOTES in previous.read_text():  # hand-written notes survive reruns
-        md += NOTES + previous.read_text().split(NOTES, 1)[1]
-    previous.write_text(md)
+    write_keeping_notes(out.with_suffix(".md"), md)
     print(md)
     return 0
 
@@ -218,10 +222,7 @@ def main() -> int:
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     md = markdown(metrics, summaries, facts)
-    previous = out.with_suffix(".md")
-    if previous.is_file() and NOTES in previous.read_text():  # hand-written notes survive reruns
-        md += NOTES + previous.read_text().split(NOTES, 1)[1]
-    previous.write_text(md)
+    write_keeping_notes(out.with_suffix(".md"), md)
     print(md)
     return 0
 

@@ -128,6 +128,19 @@ class FinishedRun:
             )
         return classifier.to(device).eval()
 
+    def feature_layer(self, classifier: torch.nn.Module) -> torch.nn.Module:
+        """The module of ``classifier`` whose output the run's region descriptors read."""
+        return classifier.feature_module(
+            self.metrics.get("feature_layer") or self.cfg.similarity.get("layer")
+        )
+
+    @property
+    def blur(self) -> tuple[float, float, int]:
+        """The run's mask blur ``(blur_kernel, blur_sigma, reference_size)`` (a deletion check
+        blurs a region as the masks stage did)."""
+        m = self.cfg.masks
+        return float(m.blur_kernel), float(m.blur_sigma), int(m.reference_size)
+
     def _build_datamodule(self, data: DictConfig):
         from vislight.data.datamodule import build_datamodule
 

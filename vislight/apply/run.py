@@ -127,9 +127,7 @@ def apply_run(
     outputs = int(getattr(classifier, "num_classes", None) or len(fr.classes))
     # outputs the run's data does not name (e.g. ImageNet classes of a CUB run) go by their index
     classes = [*fr.classes, *map(str, range(len(fr.classes), outputs))]
-    layer = classifier.feature_module(
-        fr.metrics.get("feature_layer") or fr.cfg.similarity.get("layer")
-    )
+    layer = fr.feature_layer(classifier)
     own = run_images if run_images is not None else fr.run_datamodule().test_set
     prototypes = calibrate_on_images(
         classifier, layer, load_prototypes(fr, classes), lambda i: own[i]["image"], device,
@@ -149,8 +147,6 @@ def apply_run(
             "no readable image to apply the summaries to: check apply.images or data.root"
             + (f" (skipped: {skipped[:3]})" if skipped else "")
         )
-    m = fr.cfg.masks
-    blur = (float(m.blur_kernel), float(m.blur_sigma), int(m.reference_size))
     out_dir = fr.run.applied(settings.name)
     per_label: dict = defaultdict(int)
     entries, shown = [], defaultdict(int)
@@ -163,7 +159,7 @@ def apply_run(
         x = torch.stack([b["image"] for b in batch]).to(device)
         results = apply_images(
             classifier, layer, prototypes, x, _targets(settings, batch, data_classes, classes),
-            settings, blur, ids=[int(b["index"]) for b in batch],
+            settings, fr.blur, ids=[int(b["index"]) for b in batch],
         )  # fmt: skip
         for item, r in zip(batch, results):
             known = int(item.get("label", -1)) >= 0 and data_classes
