@@ -38,6 +38,7 @@ from vislight.models.classifier import Classifier
 from vislight.run_folder import RunFolder
 from vislight.specialization.config import validate_specialize
 from vislight.stages import ALL_RANK_STAGES, NEEDS, STAGES, RunContext, Settings, model_config
+from vislight.summaries.cluster import preference_factors
 
 __all__ = ["ConfigError", "assign_job_device", "execute", "model_config", "run", "validate"]
 
@@ -75,6 +76,8 @@ def validate(cfg: DictConfig) -> Settings:
             raise ConfigError(str(e)) from None
     if "summaries" in stages:
         tagging = TaggingSettings.from_cfg(cfg.tagging)
+    if "summaries" in stages:
+        preference_factors(cfg.cluster)  # one number or a list, each > 0
     if "summaries" in stages and cfg.similarity.mode not in SIMILARITY_MODES:
         raise ConfigError(
             f"similarity.mode={cfg.similarity.mode!r} is invalid: it must be faiss or dense"

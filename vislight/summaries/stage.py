@@ -134,9 +134,11 @@ def summarize_class(
     if clustering is None:
         clustering = cluster_regions(regions, cfg["similarity"], cfg["cluster"], kmeans_k)
     metrics.update({k: v for k, v in clustering.stats.items() if k != "pruning"})
-    if cfg["similarity"].get("compare_dense") and cfg["similarity"]["mode"] != "dense":
+    compare_dense = cfg["similarity"].get("compare_dense") and cfg["similarity"]["mode"] != "dense"
+    if compare_dense and not kmeans_k:
         dense_graph, median = region_graph(regions, cfg["similarity"], mode="dense")
-        dense_labels, _ = ap_labels(dense_graph, median, cfg["cluster"])
+        factor = clustering.stats["preference_factor"]
+        dense_labels, _ = ap_labels(dense_graph, median, factor, cfg["cluster"])
         metrics["ari_dense"] = float(adjusted_rand_score(dense_labels, clustering.labels))
     metrics.update(pruning=clustering.stats["pruning"], summaries=len(clustering.summaries))
     out = summary_records(regions, clustering.summaries)
