@@ -4,7 +4,8 @@
     python experiments/cub_parts_study.py eval [--per-class 20]   # ~45 min on 2 CPU cores
     python experiments/cub_parts_study.py eval --masks-only       # its masks only, cached
 
-``dev`` (development data only): the synthetic world's *val* split (default experiment) and the
+``dev`` (development data only): the synthetic world's *val* split (default experiment, and
+experiment synth_shortcut for the planted watermark) and the
 *train* photos of CUB classes 004-020 explained by the 40-way CUB classifier (experiment
 cub40_summaries: EfficientNet-Lite0 with a linear head trained on the CUB 001-040 train split).
 Each job's regions are measured once (the run folder's ``summaries/regions/``); every clustering
@@ -98,13 +99,16 @@ TARGETS = {
     "synth_val": {"summaries_per_part": 1.3, "purity": 0.9},
     "cub_dev": {"summaries_per_part": 1.5, "purity": 0.75},
 }
+SHORTCUT = "synth_shortcut_val"  # the planted watermark must still be found there
 RULE = (
-    "the candidates meeting the issue's targets on both worlds (synthetic: summaries per part "
-    "<= 1.3, purity >= 0.9 and distinct parts found per class no fewer than `ap`'s; CUB: summaries "
-    "per part <= 1.5, purity >= 0.75), the highest CUB purity among them; when none meets them, "
-    "the lowest summaries per part (mean of the two worlds) among the candidates whose purity is at "
-    "least `ap`'s minus 0.02 and whose distinct parts found per class are no fewer than `ap`'s, on "
-    "each world; ties: the higher CUB purity"
+    "the candidates that find the planted watermark (a summary tagged watermark on the synthetic "
+    "val split with the shortcut, experiment synth_shortcut) and meet the issue's targets on both "
+    "worlds (synthetic: summaries per part <= 1.3, purity >= 0.9 and distinct parts found per class "
+    "no fewer than `ap`'s; CUB: summaries per part <= 1.5, purity >= 0.75), the highest CUB purity "
+    "among them; when none meets them, the lowest summaries per part (mean of the two worlds) among "
+    "the candidates that find the watermark and whose purity is at least `ap`'s minus 0.02 and whose "
+    "distinct parts found per class are no fewer than `ap`'s, on each world; ties: the higher CUB "
+    "purity"
 )
 
 
@@ -153,6 +157,7 @@ def measure(sets: list[RegionSet], cfg: dict, with_stability: bool = True) -> di
                 "purities": [e["purity"] for e in parts],
                 "background": [e.get("tag") == BACKGROUND_TAG for e in rec],
                 "count_std": stability(r, cfg)["count_std"] if with_stability else None,
+                "watermark": sum(e.get("tag") == "watermark" for e in rec),
                 **lm,
             }
         )
@@ -175,16 +180,20 @@ def measure(sets: list[RegionSet], cfg: dict, with_stability: bool = True) -> di
         "distinctiveness": mean("distinctiveness"),
         "background_share": float(np.mean(background)) if background else None,
         "stability_count_std": mean("count_std"),
+        "watermark_summaries": sum(x["watermark"] for x in rows),
     }
 
 
 def choose(results: dict[str, dict[str, dict]]) -> str:
     """Apply :data:`RULE` to ``results[candidate][world]``."""
     base = results["ap"]
+    worlds = list(TARGETS)
     keys = ("purity", "found_parts", "summaries_per_part")
 
-    def measured(name: str) -> bool:
-        return all(results[name][w][k] is not None for w in base for k in keys)
+    def eligible(name: str) -> bool:
+        r = results[name]
+        measured = all(r[w][k] is not None for w in worlds for k in keys)
+        return measured and r[SHORTCUT]["watermark_summaries"] > 0
 
     def meets_targets(name: str) -> bool:
         r = results[name]
@@ -197,17 +206,17 @@ def choose(results: dict[str, dict[str, dict]]) -> str:
         return all(
             results[name][w]["purity"] >= base[w]["purity"] - 0.02
             and results[name][w]["found_parts"] >= base[w]["found_parts"] - 1e-9
-            for w in base
+            for w in worlds
         )
 
-    on_target = [n for n in results if measured(n) and meets_targets(n)]
+    on_target = [n for n in results if eligible(n) and meets_targets(n)]
     if on_target:
         return max(on_target, key=lambda n: results[n]["cub_dev"]["purity"])
-    ok = [n for n in results if measured(n) and admissible(n)]
+    ok = [n for n in results if eligible(n) and admissible(n)]
     return min(
         ok,
         key=lambda n: (
-            np.mean([results[n][w]["summaries_per_part"] for w in base]),
+            np.mean([results[n][w]["summaries_per_part"] for w in worlds]),
             -results[n]["cub_dev"]["purity"],
         ),
     )
@@ -220,6 +229,7 @@ def fmt(v) -> str:
 def dev(args, facts: dict) -> None:
     jobs = {
         "synth_val": ["data.split=val", SUMMARY_STAGES],
+        SHORTCUT: ["experiment=synth_shortcut", "data.split=val", SUMMARY_STAGES],
         "cub_dev": [
             "experiment=cub40_summaries",
             "data.split=train",
@@ -258,7 +268,7 @@ def dev(args, facts: dict) -> None:
     (OUT / "cub_parts_dev.json").write_text(json.dumps(payload, indent=2) + "\n")
     keys = ("summaries", "summaries_per_part", "purity", "found_parts", "pipnet_purity",
             "consistency", "keypoint_nmi", "distinctiveness", "background_share",
-            "stability_count_std")  # fmt: skip
+            "stability_count_std", "watermark_summaries")  # fmt: skip
     lines = [
         "# Choosing the clustering on development data",
         "",

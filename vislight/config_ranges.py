@@ -179,8 +179,8 @@ RANGES: dict[str, Range] = {
     "similarity.approx_above": COUNT0,  # 0 = always the approximate index
     "similarity.nprobe": COUNT,
     # cluster: affinity propagation and pruning (conf/cluster/default.yaml).
-    # a list (the factors scanned) or one number (checked by vislight/summaries/cluster.py)
-    "cluster.preference_factor[]": POSITIVE,
+    # one number; a list (the factors scanned) is checked by vislight/summaries/cluster.py
+    "cluster.preference_factor": POSITIVE,
     "cluster.damping": Range(0.5, 1, upper_open=True),
     "cluster.max_iter": COUNT,
     "cluster.convergence_iter": COUNT,
