@@ -572,6 +572,8 @@ def test_summaries_silhouette_is_sklearns_over_the_members():
 def test_preference_factor_is_a_positive_number_or_a_list_of_them():
     assert preference_factors({"preference_factor": 1.3}) == [1.3]
     assert preference_factors({"preference_factor": OmegaConf.create([1, 2.5])}) == [1.0, 2.5]
+    # scanned in ascending order, so that a tie keeps the smaller factor
+    assert preference_factors({"preference_factor": [3.0, 1.0, 2.0]}) == [1.0, 2.0, 3.0]
     for bad in ([], 0, -1.0, [1.0, 0.0], "high", True):
         with pytest.raises(ConfigError, match="cluster.preference_factor"):
             preference_factors({"preference_factor": bad})

@@ -59,7 +59,8 @@ def region_graph(regions: RegionSet, similarity_cfg: Mapping, mode: str | None =
 
 
 def preference_factors(cluster_cfg: Mapping) -> list[float]:
-    """``cluster.preference_factor`` as a list: one factor, or the factors to scan (each > 0)."""
+    """``cluster.preference_factor`` as an ascending list: one factor, or the factors to scan
+    (each > 0)."""
     value = cluster_cfg["preference_factor"]
     scan = isinstance(value, Sequence) and not isinstance(value, str)
     factors = list(value) if scan else [value]
@@ -68,7 +69,7 @@ def preference_factors(cluster_cfg: Mapping) -> list[float]:
             f"cluster.preference_factor={value!r} must be a number > 0 or a non-empty list of them "
             "(the factors to scan), e.g. 1.3 or [1.0, 2.0, 3.0]"
         )
-    return [float(f) for f in factors]
+    return sorted(float(f) for f in factors)
 
 
 def ap_labels(graph: sp.csr_matrix, median_similarity: float, factor: float, cluster_cfg: Mapping):
