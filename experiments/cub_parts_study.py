@@ -189,6 +189,8 @@ def choose(results: dict[str, dict[str, dict]]) -> str:
     base = results["ap"]
     worlds = list(TARGETS)
     keys = ("purity", "found_parts", "summaries_per_part")
+    if any(base[w][k] is None for w in worlds for k in keys):
+        raise SystemExit("the reference candidate `ap` is unmeasured on a world: no rule applies")
 
     def eligible(name: str) -> bool:
         r = results[name]
@@ -210,9 +212,11 @@ def choose(results: dict[str, dict[str, dict]]) -> str:
         )
 
     on_target = [n for n in results if eligible(n) and meets_targets(n)]
-    if on_target:
+    if on_target:  # ties: the first in CANDIDATES' order
         return max(on_target, key=lambda n: results[n]["cub_dev"]["purity"])
     ok = [n for n in results if eligible(n) and admissible(n)]
+    if not ok:
+        raise SystemExit("no candidate finds the watermark and keeps `ap`'s purity and parts")
     return min(
         ok,
         key=lambda n: (

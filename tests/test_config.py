@@ -202,6 +202,8 @@ def test_default_config_is_valid(tmp_path):
         (["stages=[classifier,evaluate,report]"], "'report' needs ['summaries'] before it"),
         (["data=folder"], "data.root"),
         (["data=folder", "data.root=/nonexistent/images"], "data.root"),
+        (["cluster.preference_factor=[1.0,-2.0]"], "cluster.preference_factor"),
+        (["cluster.preference_factor=[]"], "cluster.preference_factor"),
     ],
 )
 def test_validate_names_the_bad_key(overrides, key, tmp_path):

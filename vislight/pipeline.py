@@ -76,7 +76,6 @@ def validate(cfg: DictConfig) -> Settings:
             raise ConfigError(str(e)) from None
     if "summaries" in stages:
         tagging = TaggingSettings.from_cfg(cfg.tagging)
-    if "summaries" in stages:
         preference_factors(cfg.cluster)  # one number or a list, each > 0
     if "summaries" in stages and cfg.similarity.mode not in SIMILARITY_MODES:
         raise ConfigError(

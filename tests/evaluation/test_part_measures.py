@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from sklearn.metrics import silhouette_score
 
 import vislight
+from vislight.clustering.summaries import Summary
 from vislight.errors import ConfigError
 from vislight.evaluation.part_measures import (
     distinctiveness,
@@ -557,16 +558,40 @@ def test_preference_scan_keeps_one_summary_per_part_where_one_factor_splits_view
     assert len(cluster_regions(far, cfg["similarity"], cfg["cluster"]).summaries) == 6
 
 
-def test_summaries_silhouette_is_sklearns_over_the_members():
+def test_summaries_silhouette_counts_the_members_only():
+    """Regions in no summary (pruned) are left out; one summary, or as many members as summaries,
+    has no silhouette."""
     regions = _parts_regionset(3)
     cfg = _cluster_cfg()
     summaries = cluster_regions(regions, cfg["similarity"], cfg["cluster"]).summaries
+    assert len(summaries) == 3
+    # drop a third of each summary's members: they become regions in no summary
+    kept = [
+        Summary(s.exemplar, s.members[:14], s.similarity[:14], 14, s.coherence) for s in summaries
+    ]
     descs = centered_descriptors(regions.descriptors)
-    labels = member_labels(summaries, len(regions))
+    labels = member_labels(kept, len(regions))
     members = labels >= 0
+    assert members.sum() == 42 < len(regions)
     want = silhouette_score(descs[members], labels[members], metric="cosine")
-    assert summaries_silhouette(summaries, descs) == pytest.approx(want)
-    assert summaries_silhouette(summaries[:1], descs) == -1.0  # one summary: no silhouette
+    everyone = silhouette_score(descs, member_labels(summaries, len(regions)), metric="cosine")
+    assert summaries_silhouette(kept, descs) == pytest.approx(want)
+    assert want != pytest.approx(everyone)  # the dropped regions really are left out
+    assert summaries_silhouette(kept[:1], descs) == -1.0  # one summary
+    two = [Summary(s.exemplar, [s.exemplar], [1.0], 1, 1.0) for s in summaries[:2]]
+    assert summaries_silhouette(two, descs) == -1.0  # as many members as summaries
+
+
+def test_preference_scan_tie_keeps_the_smaller_factor():
+    """Clean parts give the same three summaries at every factor: the scan keeps the smallest
+    factor, whatever the order of the list."""
+    regions = _parts_regionset(0)
+    cfg = _cluster_cfg()
+    cfg["cluster"]["preference_factor"] = [3.0, 1.0, 2.0]
+    scan = cluster_regions(regions, cfg["similarity"], cfg["cluster"])
+    assert _one_summary_per_part(regions, scan.summaries)
+    assert len(set(scan.stats["silhouettes"])) == 1
+    assert scan.stats["preference_factor"] == 1.0
 
 
 def test_preference_factor_is_a_positive_number_or_a_list_of_them():

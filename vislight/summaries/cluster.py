@@ -146,6 +146,7 @@ def cluster_regions(
                 max_side_by_side=cluster_cfg.get("merge_max_side_by_side"),
             )
         score = summaries_silhouette(summaries, descs) if len(factors) > 1 else 0.0
+        score = score if np.isfinite(score) else -1.0  # e.g. identical descriptors
         silhouettes.append(round(score, 4))
         if best is None or score > best[0]:
             best = (score, Clustering(labels, graph, summaries, stats))
