@@ -530,11 +530,11 @@ def _two_view_regionset(seed: int, spread: float) -> RegionSet:
 
 
 def test_preference_scan_keeps_one_summary_per_part_where_one_factor_splits_views():
-    """Two nearby views of each part: the single preference gives a summary per view (six) on
-    every seed, the silhouette scan one per part on half of 8 seeds. Where it does not, a view
-    the pruning dropped is missing (the silhouette is over the members only), never mixed into
-    another part: its summaries stay pure. Two views as far apart as the parts stay two summaries
-    (the scan is not "the largest factor")."""
+    """Two nearby views of each part: the single preference splits the views (never one summary
+    per part, 8 seeds), the silhouette scan gives one per part on half of them. Where it does
+    not, a view the pruning dropped is missing (the silhouette is over the members only), never
+    mixed into another part: its summaries stay pure. Two views as far apart as the parts stay
+    two summaries (the scan is not "the largest factor")."""
     cfg = _cluster_cfg()
     cfg["cluster"]["merge"] = False  # the scan alone
     factors = [1.0, 1.3, 2.0, 3.0, 5.0]
