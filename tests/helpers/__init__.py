@@ -124,9 +124,12 @@ def tiny_args(out: Path, cache: Path, *extra: str) -> list[str]:
 
 
 def no_partial_files(folder: Path) -> list[Path]:
-    """Every result file under ``folder`` is complete (mask .npz and .json files parse); returns
-    the leftover temporary files of writes cut short (never read: a rerun replaces them)."""
+    """Every result file under ``folder`` is complete (mask and region-set .npz files and .json
+    files parse); returns the leftover temporary files of writes cut short (never read: a rerun
+    replaces them)."""
     from vislight.masks.cache import MaskCache
+    from vislight.run_folder import RunFolder
+    from vislight.summaries.regionset import RegionSet
 
     leftovers = []
     for p in folder.rglob("*"):
@@ -135,6 +138,8 @@ def no_partial_files(folder: Path) -> list[Path]:
         if p.name.endswith(".tmp"):
             assert p.name.startswith("."), p
             leftovers.append(p)
+        elif p.suffix == ".npz" and RunFolder(folder).regions in p.parents:
+            assert RegionSet.load(p, None) is not None, p  # the summaries stage's region cache
         elif p.suffix == ".npz":
             MaskCache.read(p)
         elif p.suffix == ".json":
