@@ -53,7 +53,10 @@ def crop_transform(
     return scale, float(left), float(top)
 
 
-SPLITS = ("train", "test", "all", "train_a", "train_b", "train_b1", "train_b2")
+# The halves of the official train split, as the halves taken at each cut: the first cut uses
+# ``half_seed``, the second (train_b's halves) ``[half_seed, 1]``.
+HALVES = {"train_a": "a", "train_b": "b", "train_b1": "ba", "train_b2": "bb"}
+SPLITS = ("train", "test", "all", *HALVES)
 
 
 def half_of(
@@ -132,11 +135,8 @@ class CubPartsDataset(Dataset):
             for i in sorted(paths)
             if labels[i] in wanted and (split == "all" or is_train[i] == (official == "train"))
         ]
-        if split.startswith("train_"):  # train_a, train_b, and train_b's halves b1 / b2
-            self.ids = half_of(self.ids, labels, split[6], half_seed)
-            if len(split) == 8:
-                part = "a" if split[7] == "1" else "b"
-                self.ids = half_of(self.ids, labels, part, [half_seed, 1])
+        for cut, half in enumerate(HALVES.get(split, "")):  # train_b1: half b, then its half a
+            self.ids = half_of(self.ids, labels, half, [half_seed, cut] if cut else half_seed)
         self.labels = [label_map[labels[i]] for i in self.ids]
         self.paths = [self.root / "images" / paths[i] for i in self.ids]
         boxes = {
