@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
-from helpers import run_vislight
+import pytest
+from helpers import SUBPROCESS_ENV, run_vislight
+
+import vislight
 
 
 def _vislight(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -19,6 +23,30 @@ def test_help_lists_the_experiments():
     for name in ("synth_summaries", "cifar_resnet_eval", "imagenet_examples_eval"):
         assert name in experiments
     assert "Usage: python -m vislight" in proc.stdout
+
+
+@pytest.mark.parametrize("arg", ["--help", "model=bogus"])
+def test_help_and_an_unknown_option_answer_without_importing_the_pipeline(arg):
+    """Hydra answers these before ``main`` runs: Lightning (seconds to import) is never loaded."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['vislight', {arg!r}]\n"
+        "try:\n"
+        "    runpy.run_module('vislight', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "print('exit', code, 'lightning', 'pytorch_lightning' in sys.modules, file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=vislight.PROJECT_ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    last = proc.stderr.splitlines()[-1]
+    assert last == f"exit {0 if arg == '--help' else 1} lightning False", proc.stderr[-2000:]
 
 
 def test_tiny_run_writes_the_run_folder(tiny_cli_runs):

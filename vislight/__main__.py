@@ -1,4 +1,9 @@
-"""``python -m vislight [experiment=NAME] [overrides]``: the Hydra entry point."""
+"""``python -m vislight [experiment=NAME] [overrides]``: the Hydra entry point.
+
+The pipeline (torch, Lightning) is imported inside :func:`main`, after Hydra has composed the
+config: ``--help``, an unknown config option or a key that does not exist answer in about a
+second, not after the seconds Lightning takes to import (bad values are checked by the pipeline).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from vislight import CONF_DIR
-from vislight.distributed import global_rank
-from vislight.interrupt import RunInterrupted
-from vislight.io import WRITE_ERRNOS, WriteError, write_error
-from vislight.models.registry import MissingWeightsError
-from vislight.pipeline import ConfigError, assign_job_device, run
+from vislight.errors import ConfigError
 
 log = logging.getLogger("vislight")
 
@@ -26,6 +27,9 @@ log = logging.getLogger("vislight")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Run one job; returns the metric to optimise (``objective`` if configured, else ``accuracy``)."""
+    from vislight.distributed import global_rank
+    from vislight.pipeline import assign_job_device
+
     # In multirun each job gets its own folder: make paths.output_dir point at it.
     hc = HydraConfig.get()
     with open_dict(cfg):
@@ -46,6 +50,11 @@ def run_or_exit(cfg: DictConfig) -> dict:
     traceback; ``VISLIGHT_DEBUG=1`` shows it) and the exit code: 2 = a bad config value or input,
     1 = a file the run could not write (full disk, unwritable folder), 130 / 143 = stopped by
     SIGINT / SIGTERM (rerun the same command to resume)."""
+    from vislight.interrupt import RunInterrupted
+    from vislight.io import WRITE_ERRNOS, WriteError, write_error
+    from vislight.models.registry import MissingWeightsError
+    from vislight.pipeline import run
+
     try:
         return run(cfg)
     except RunInterrupted as stop:
