@@ -154,6 +154,7 @@ def measure(sets: list[RegionSet], cfg: dict, with_stability: bool = True) -> di
             {
                 "summaries": len(rec),
                 "found": len({e["tag"] for e in parts}),
+                "found_majority": len({e["tag"] for e in parts if e["purity"] > 0.5}),
                 "purities": [e["purity"] for e in parts],
                 "background": [e.get("tag") == BACKGROUND_TAG for e in rec],
                 "count_std": stability(r, cfg)["count_std"] if with_stability else None,
@@ -174,6 +175,8 @@ def measure(sets: list[RegionSet], cfg: dict, with_stability: bool = True) -> di
         "summaries_per_part": mean("summaries_per_part"),
         "purity": float(np.mean(purities)) if purities else None,
         "found_parts": mean("found"),
+        # a part counts only where most members of a summary tagged with it show it
+        "found_parts_majority": mean("found_majority"),
         "pipnet_purity": mean("pipnet_purity"),
         "consistency": mean("consistency"),
         "keypoint_nmi": mean("keypoint_nmi"),
@@ -230,21 +233,25 @@ def fmt(v) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def dev(args, facts: dict) -> None:
-    jobs = {
+def dev_jobs(per_class: int) -> dict[str, list[str]]:
+    """The development worlds' ``python -m vislight`` overrides, by world name."""
+    return {
         "synth_val": ["data.split=val", SUMMARY_STAGES],
         SHORTCUT: ["experiment=synth_shortcut", "data.split=val", SUMMARY_STAGES],
         "cub_dev": [
             "experiment=cub40_summaries",
             "data.split=train",
             f"masks.classes=[{quoted(class_names(DEV_CLASSES))}]",
-            f"masks.images_per_class={args.per_class}",
+            f"masks.images_per_class={per_class}",
             "baselines.enabled=false",
             SUMMARY_STAGES,
         ],
     }
+
+
+def dev(args, facts: dict) -> None:
     worlds, runs = {}, {}
-    for name, overrides in jobs.items():
+    for name, overrides in dev_jobs(args.per_class).items():
         run_dir = RUNS / name
         metrics, wall = run_job(run_dir, [*overrides, *args.overrides])
         worlds[name] = load_regions(run_dir)

@@ -353,6 +353,21 @@ def test_regionset_subset_keeps_and_renumbers_the_chosen_images():
     assert bare.tags is None and bare.on_object is None and bare.points == []
 
 
+def test_regionset_select_keeps_the_chosen_regions_of_the_same_images():
+    rs = _random_regionset(np.random.default_rng(5), n_images=5)
+    flags = np.arange(len(rs)) % 3 != 1
+    by_flags, by_positions = rs.select(flags), rs.select(np.flatnonzero(flags))
+    keep = np.flatnonzero(flags)
+    for sel in (by_flags, by_positions):
+        assert len(sel) == len(keep) and sel.n_images == rs.n_images
+        for name in ("image_id", "index", "masks", "descriptors", "geometry", "on_object"):
+            np.testing.assert_array_equal(getattr(sel, name), getattr(rs, name)[keep], err_msg=name)
+        assert sel.kinds == [rs.kinds[i] for i in keep]
+        assert sel.tags == [rs.tags[i] for i in keep]
+        assert sel.points == rs.points  # per-image lists are untouched
+        np.testing.assert_array_equal(sel.image_indices, rs.image_indices)
+
+
 @pytest.mark.parametrize(("y0", "x0", "size"), [(4, 6, 10), (4, 6, 11), (0, 0, 20), (7, 3, 1)])
 def test_innermost_point_of_a_square_is_its_centre(y0, x0, size):
     m = _rect((20, 30), y0, y0 + size, x0, x0 + size)

@@ -10,6 +10,7 @@ everything that determines it (mask files, region and descriptor settings, mask 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import zipfile
@@ -73,18 +74,12 @@ class RegionSet:
         """Whether some image shows ground-truth part points (the keypoint measures apply)."""
         return any(self.points)
 
-    def subset(self, images: Sequence[int]) -> RegionSet:
-        """The regions of the images at positions ``images`` (renumbered 0..len-1), e.g. for a
-        bootstrap resample."""
-        images = list(images)
-        order = {img: k for k, img in enumerate(images)}
-        keep = np.flatnonzero(np.isin(self.image_id, images))
-        return RegionSet(
-            class_name=self.class_name,
-            target=self.target,
-            n_images=len(images),
-            side=self.side,
-            image_id=np.array([order[int(i)] for i in self.image_id[keep]], dtype=int),
+    def select(self, keep: np.ndarray) -> RegionSet:
+        """The regions at ``keep`` ((K,) positions, or (N,) bool) of the same images."""
+        keep = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, int)
+        return dataclasses.replace(
+            self,
+            image_id=self.image_id[keep],
             index=self.index[keep],
             keys=[self.keys[i] for i in keep],
             kinds=[self.kinds[i] for i in keep],
@@ -96,6 +91,18 @@ class RegionSet:
             centers=self.centers[keep],
             tags=[self.tags[i] for i in keep] if self.tags is not None else None,
             on_object=self.on_object[keep] if self.on_object is not None else None,
+        )
+
+    def subset(self, images: Sequence[int]) -> RegionSet:
+        """The regions of the images at positions ``images`` (renumbered 0..len-1), e.g. for a
+        bootstrap resample."""
+        images = list(images)
+        order = {img: k for k, img in enumerate(images)}
+        kept = self.select(np.isin(self.image_id, images))
+        return dataclasses.replace(
+            kept,
+            n_images=len(images),
+            image_id=np.array([order[int(i)] for i in kept.image_id], dtype=int),
             points=[self.points[i] for i in images] if self.points else [],
             image_indices=self.image_indices[images],
         )
