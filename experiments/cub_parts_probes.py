@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -138,7 +139,7 @@ def main() -> None:
         probes[name] = {}
         for w, overrides in jobs.items():
             extra = by_kind["cub" if w == "cub_dev" else "synth"]
-            run_dir = PROBE_RUNS / name.replace(" ", "_") / w
+            run_dir = PROBE_RUNS / re.sub(r"[^A-Za-z0-9._-]+", "_", name) / w
             _, wall = run_job(
                 run_dir, [*overrides, *extra, f"masks.cache_dir={RunFolder(RUNS / w).masks}"]
             )
