@@ -277,7 +277,8 @@ def dev(args, facts: dict) -> None:
     payload = facts | {"runs": runs, "candidates": CANDIDATES, "results": results}
     payload |= {"rule": RULE, "chosen": chosen, "chosen_is_default": in_conf}
     (OUT / "cub_parts_dev.json").write_text(json.dumps(payload, indent=2) + "\n")
-    keys = ("summaries", "summaries_per_part", "purity", "found_parts", "pipnet_purity",
+    keys = ("summaries", "summaries_per_part", "purity", "found_parts", "found_parts_majority",
+            "pipnet_purity",
             "consistency", "keypoint_nmi", "distinctiveness", "background_share",
             "stability_count_std", "watermark_summaries")  # fmt: skip
     lines = [
