@@ -55,6 +55,7 @@ from summaries_study import schedule_of
 from vislight.run_folder import RunFolder
 from vislight.summaries.regionset import RegionSet
 
+WORLDS = ("synth_val", SHORTCUT, "cub_dev")  # the dev study's seed-0 worlds
 PROBE_RUNS = ROOT / "outputs" / "studies" / "cub_parts_probes"
 CLUSTERINGS = {"default": {}, "scan8": CANDIDATES["scan8_merge_0.93_guard0"]}
 # Dev jobs rerun with these overrides on the dev study's masks.
@@ -123,7 +124,7 @@ def main() -> None:
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    jobs = dev_jobs(args.per_class)
+    jobs = {w: o for w, o in dev_jobs(args.per_class).items() if w in WORLDS}
     base, runs = {}, {}
     for w, overrides in jobs.items():
         if not RunFolder(RUNS / w).metrics.is_file():
