@@ -108,7 +108,7 @@ SHORTCUT_WORLDS = (SHORTCUT, *[f"{SHORTCUT}_seed{s}" for s in SHORTCUT_SEEDS])
 RULE = (
     "the candidates that find the planted watermark (a summary tagged watermark on the synthetic "
     "val split with the shortcut, experiment synth_shortcut) in at least as many of the six "
-    "shortcut worlds (world seeds 0-5) as `ap` does and meet the issue's targets on both "
+    "shortcut worlds (world seeds 0-5) as `ap` does (and in one at least) and meet the issue's targets on both "
     "worlds (synthetic: summaries per part <= 1.3, purity >= 0.9 and distinct parts found per class "
     "no fewer than `ap`'s; CUB: summaries per part <= 1.5, purity >= 0.75), the highest CUB purity "
     "among them; when none meets them, the lowest summaries per part (mean of the two worlds) among "
@@ -204,7 +204,7 @@ def choose(results: dict[str, dict[str, dict]]) -> str:
     def eligible(name: str) -> bool:
         r = results[name]
         measured = all(r[w][k] is not None for w in worlds for k in keys)
-        return measured and watermark_worlds(r) >= watermark_worlds(base)
+        return measured and watermark_worlds(r) >= max(1, watermark_worlds(base))
 
     def meets_targets(name: str) -> bool:
         r = results[name]
@@ -225,7 +225,10 @@ def choose(results: dict[str, dict[str, dict]]) -> str:
         return max(on_target, key=lambda n: results[n]["cub_dev"]["purity"])
     ok = [n for n in results if eligible(n) and admissible(n)]
     if not ok:
-        raise SystemExit("no candidate finds the watermark and keeps `ap`'s purity and parts")
+        raise SystemExit(
+            "no candidate finds the watermark in as many worlds as `ap` and keeps its purity and "
+            "parts"
+        )
     return min(
         ok,
         key=lambda n: (
@@ -270,7 +273,7 @@ def watermark_worlds(result: dict[str, dict]) -> int:
 
 
 def mean_over(result: dict[str, dict], worlds, key: str) -> float | None:
-    values = [result[w][key] for w in worlds if result[w][key] is not None]
+    values = [result[w][key] for w in worlds if w in result and result[w][key] is not None]
     return float(np.mean(values)) if values else None
 
 

@@ -360,12 +360,22 @@ def test_regionset_select_keeps_the_chosen_regions_of_the_same_images():
     keep = np.flatnonzero(flags)
     for sel in (by_flags, by_positions):
         assert len(sel) == len(keep) and sel.n_images == rs.n_images
-        for name in ("image_id", "index", "masks", "descriptors", "geometry", "on_object"):
+        for name in ("image_id", "index", "masks", "boxes", "drops", "descriptors", "geometry",
+                     "centers", "on_object"):  # fmt: skip
             np.testing.assert_array_equal(getattr(sel, name), getattr(rs, name)[keep], err_msg=name)
+        assert sel.keys == [rs.keys[i] for i in keep]
         assert sel.kinds == [rs.kinds[i] for i in keep]
         assert sel.tags == [rs.tags[i] for i in keep]
         assert sel.points == rs.points  # per-image lists are untouched
         np.testing.assert_array_equal(sel.image_indices, rs.image_indices)
+    for none in (rs.select(np.zeros(len(rs), bool)), rs.select([])):
+        assert (
+            len(none) == 0
+            and none.n_images == rs.n_images
+            and none.masks.shape[1:] == rs.masks.shape[1:]
+        )
+    with pytest.raises(ValueError, match="flags"):
+        rs.select(flags[:-1])
 
 
 @pytest.mark.parametrize(("y0", "x0", "size"), [(4, 6, 10), (4, 6, 11), (0, 0, 20), (7, 3, 1)])

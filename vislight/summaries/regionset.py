@@ -76,7 +76,12 @@ class RegionSet:
 
     def select(self, keep: np.ndarray) -> RegionSet:
         """The regions at ``keep`` ((K,) positions, or (N,) bool) of the same images."""
-        keep = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, int)
+        keep = np.asarray(keep)
+        if keep.dtype == bool:
+            if keep.shape != (len(self),):
+                raise ValueError(f"select: {keep.shape} flags for {len(self)} regions")
+            keep = np.flatnonzero(keep)
+        keep = keep.astype(int)
         return dataclasses.replace(
             self,
             image_id=self.image_id[keep],
