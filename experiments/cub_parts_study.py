@@ -108,8 +108,8 @@ SHORTCUT_WORLDS = (SHORTCUT, *[f"{SHORTCUT}_seed{s}" for s in SHORTCUT_SEEDS])
 RULE = (
     "the candidates that find the planted watermark (a summary tagged watermark on the synthetic "
     "val split with the shortcut, experiment synth_shortcut) in at least as many of the six "
-    "shortcut worlds (world seeds 0-5) as `ap` does (and in one at least) and meet the issue's targets on both "
-    "worlds (synthetic: summaries per part <= 1.3, purity >= 0.9 and distinct parts found per class "
+    "shortcut worlds (world seeds 0-5) as `ap` does (and in one at least) and meet the issue's "
+    "targets on both worlds (synthetic: summaries per part <= 1.3, purity >= 0.9 and distinct parts found per class "
     "no fewer than `ap`'s; CUB: summaries per part <= 1.5, purity >= 0.75), the highest CUB purity "
     "among them; when none meets them, the lowest summaries per part (mean of the two worlds) among "
     "the candidates that find the watermark and whose purity is at least `ap`'s minus 0.02 and whose "
