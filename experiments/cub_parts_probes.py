@@ -11,8 +11,8 @@ thing:
 - the regions (``regions.max_regions``, ``regions.dedup_area_ratio``): the dev jobs rerun with the
   override on the dev study's cached masks;
 - which regions are clustered: regions (components and proposals) above an area limit left out,
-  or mask components that hold
-  at least k of their image's proposals (subdivided components) left out;
+  or mask components that hold at least k of their image's proposals (subdivided components) left
+  out;
 - the descriptor: a deeper layer (``similarity.layer``: ``layer3`` for the synthetic ResNet,
   ``_blocks.12`` for Lite0; the dev jobs rerun), or both layers' descriptors concatenated (each
   L2-normalised, weighted sqrt(1 - a) and sqrt(a));
@@ -52,8 +52,10 @@ from cub_parts_study import (
     fmt,
     load_regions,
     measure,
+    watermark_cells,
+    watermark_heads,
 )
-from jobs import ROOT, commit, machine, run_job, write_md_keeping_notes
+from jobs import ROOT, commit, machine, provenance_line, run_job, write_md_keeping_notes
 from summaries_study import schedule_of
 
 from vislight.run_folder import RunFolder
@@ -80,16 +82,14 @@ KEYS = ("summaries_per_part", "purity", "found_parts", "found_parts_majority", "
 
 
 def area_at_most(limit: float) -> Callable[[RegionSet], RegionSet]:
-    return lambda r: r.select(r.masks.reshape(len(r), -1).mean(1) <= limit) if len(r) else r
+    return lambda r: r.select(r.masks.mean((1, 2)) <= limit)
 
 
 def subdivided(r: RegionSet, min_inside: int) -> np.ndarray:
     """(N,) True for the mask components holding >= ``min_inside`` proposals of their image (a
     proposal is inside when >= 90% of its pixels are)."""
     out = np.zeros(len(r), bool)
-    if not len(r):
-        return out
-    flat = r.masks.reshape(len(r), -1)
+    flat = r.masks.reshape(len(r), int(np.prod(r.masks.shape[1:])))
     for i in np.flatnonzero(np.asarray(r.kinds) == "component"):
         same = np.flatnonzero((r.image_id == r.image_id[i]) & (np.asarray(r.kinds) != "component"))
         inside = (flat[same] & flat[i]).sum(1) >= 0.9 * flat[same].sum(1)
@@ -115,10 +115,6 @@ def concatenated(base: list[RegionSet], deep: list[RegionSet], a: float) -> list
         desc = np.concatenate([np.sqrt(1 - a) * b.descriptors, np.sqrt(a) * d.descriptors], 1)
         out.append(dataclasses.replace(b, descriptors=desc.astype(np.float32)))
     return out
-
-
-def seed_of(world: str) -> str:
-    return world.rsplit("seed", 1)[-1] if "seed" in world else "0"
 
 
 def main() -> None:
@@ -187,8 +183,7 @@ def main() -> None:
     lines = [
         "# Probes of the summaries on development data",
         "",
-        f"`{facts['command']}` at {facts['commit']} on {facts['machine']}, "
-        f"{facts['wall_seconds']:.0f} s ({facts['date']}).",
+        provenance_line(facts),
         "",
         "Development worlds (the dev study's jobs, results/cub_parts_dev.md):",
         "",
@@ -223,19 +218,13 @@ def main() -> None:
     lines += [
         "## The watermark across world seeds",
         "",
-        "| probe | clustering | "
-        + " | ".join(f"seed {seed_of(w)}" for w in SHORTCUT_WORLDS)
-        + " | worlds |",
+        f"| probe | clustering | {watermark_heads()} |",
         "|---" * (len(SHORTCUT_WORLDS) + 3) + "|",
     ]
     for name in results:
         for c in CLUSTERINGS:
-            found = [results[name][w][c]["watermark_summaries"] > 0 for w in SHORTCUT_WORLDS]
-            lines.append(
-                f"| {name} | {c} | "
-                + " | ".join("yes" if f else "no" for f in found)
-                + f" | {sum(found)} |"
-            )
+            per_world = {w: results[name][w][c] for w in SHORTCUT_WORLDS}
+            lines.append(f"| {name} | {c} | {watermark_cells(per_world)} |")
     lines.append("")
     write_md_keeping_notes(OUT / "cub_parts_probes.md", lines)
     print((OUT / "cub_parts_probes.md").read_text())

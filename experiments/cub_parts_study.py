@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from jobs import ROOT, commit, machine, run_job, write_md_keeping_notes
+from jobs import ROOT, commit, machine, provenance_line, run_job, write_md_keeping_notes
 from omegaconf import OmegaConf
 from summaries_study import schedule_of
 
@@ -272,6 +272,22 @@ def watermark_worlds(result: dict[str, dict]) -> int:
     return sum(result[w]["watermark_summaries"] > 0 for w in SHORTCUT_WORLDS if w in result)
 
 
+def seed_of(world: str) -> str:
+    """The world seed of a shortcut world's name ("0" for :data:`SHORTCUT`)."""
+    return world.rsplit("seed", 1)[-1] if "seed" in world else "0"
+
+
+def watermark_heads() -> str:
+    """The column heads of :func:`watermark_cells`."""
+    return " | ".join(f"seed {seed_of(w)}" for w in SHORTCUT_WORLDS) + " | worlds"
+
+
+def watermark_cells(result: dict[str, dict]) -> str:
+    """Table cells: "yes"/"no" per :data:`SHORTCUT_WORLDS`, then how many say yes."""
+    found = ["yes" if result[w]["watermark_summaries"] else "no" for w in SHORTCUT_WORLDS]
+    return " | ".join(found) + f" | {watermark_worlds(result)}"
+
+
 def mean_over(result: dict[str, dict], worlds, key: str) -> float | None:
     values = [result[w][key] for w in worlds if w in result and result[w][key] is not None]
     return float(np.mean(values)) if values else None
@@ -315,8 +331,7 @@ def dev(args, facts: dict) -> None:
     lines = [
         "# Choosing the clustering on development data",
         "",
-        f"`{facts['command']}` at {facts['commit']} on {facts['machine']}, "
-        f"{facts['wall_seconds']:.0f} s ({facts['date']}).",
+        provenance_line(facts),
         "",
         *[
             f"- {w}: `{r['job']}` ({r['wall_seconds']:.0f} s; {r['images']} images, "
@@ -349,18 +364,11 @@ def dev(args, facts: dict) -> None:
         "is synth_shortcut_val above): whether a summary is tagged watermark, then the mean over "
         "the six worlds of summaries per part and purity.",
         "",
-        "| candidate | "
-        + " | ".join(
-            f"seed {w.rsplit('seed', 1)[-1] if 'seed' in w else 0}" for w in SHORTCUT_WORLDS
-        )
-        + " | worlds | summaries per part | purity |",
+        f"| candidate | {watermark_heads()} | summaries per part | purity |",
         "|---" * (len(SHORTCUT_WORLDS) + 4) + "|",
         *[
             f"| {c}{' **(chosen)**' if c == chosen else ''} | "
-            + " | ".join(
-                "yes" if results[c][w]["watermark_summaries"] else "no" for w in SHORTCUT_WORLDS
-            )
-            + f" | {watermark_worlds(results[c])} | "
+            + f"{watermark_cells(results[c])} | "
             + " | ".join(
                 fmt(mean_over(results[c], SHORTCUT_WORLDS, k))
                 for k in ("summaries_per_part", "purity")
@@ -427,8 +435,7 @@ def evaluate(args, facts: dict) -> None:
     lines = [
         "# Summaries on CUB evaluation classes, ours against the baselines",
         "",
-        f"`{facts['command']}` at {facts['commit']} on {facts['machine']}, "
-        f"{facts['wall_seconds']:.0f} s ({facts['date']}). Evaluation data, run once; the "
+        provenance_line(facts) + " Evaluation data, run once; the "
         "clustering was chosen on development data (results/cub_parts_dev.md).",
         "",
     ]

@@ -82,6 +82,14 @@ def commit() -> str:
     ).stdout.strip()
 
 
+def provenance_line(facts: dict) -> str:
+    """A result's first line: its command, commit, machine, wall time and date."""
+    return (
+        f"`{facts['command']}` at {facts['commit']} on {facts['machine']}, "
+        f"{facts['wall_seconds']:.0f} s ({facts['date']})."
+    )
+
+
 def write_md_keeping_notes(path: Path, lines: Sequence[str]) -> None:
     """Write ``lines`` to the Markdown result ``path``, then the "## Notes" section written by
     hand in the previous version of the file (an empty one the first time)."""

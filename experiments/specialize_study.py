@@ -19,7 +19,15 @@ import json
 import sys
 import time
 
-from jobs import ROOT, commit, machine, run_study, study_args, vislight_command
+from jobs import (
+    ROOT,
+    commit,
+    machine,
+    provenance_line,
+    run_study,
+    study_args,
+    vislight_command,
+)
 
 from vislight.masks.cache import safe_name
 from vislight.run_folder import RunFolder
@@ -168,8 +176,7 @@ def select(extra: list[str]) -> int:
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# Specialist variants on the held-in half (`specialize_cub_select`)", "",
-        f"`{record['command']}` at {record['commit']} on {record['machine']}, "
-        f"{record['wall_seconds']:.0f} s ({record['date']}).", "",
+        provenance_line(record), "",
         "Base model on half A of the CUB 001-040 train split. Half B is cut in two (`train_b1`, "
         "`train_b2`); each variant runs both ways round (summaries and heads on one, accuracy on "
         "the other; the five cross-fitting groups, mean over 3 seeds), pooled over the held-in "

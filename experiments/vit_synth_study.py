@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from jobs import ROOT, commit, machine, run_job, write_md_keeping_notes
+from jobs import ROOT, commit, machine, provenance_line, run_job, write_md_keeping_notes
 from summaries_study import schedule_of
 
 RUNS = ROOT / "outputs" / "studies" / "vit_synth"
@@ -80,8 +80,7 @@ def main() -> None:
     lines = [
         "# A vision transformer on the synthetic world",
         "",
-        f"`{result['command']}` at {result['commit']} on {result['machine']}, "
-        f"{result['wall_seconds']:.0f} s ({result['date']}).",
+        provenance_line(result),
         "",
         *[f"- {n}: `{m['job']}` ({m['wall_seconds']:.0f} s; feature layer `{m['feature_layer']}`; "
           f"classifier {m['classifier']}; masks: {m['mask_schedule']})" for n, m in models.items()],
