@@ -25,10 +25,20 @@ def test_help_lists_the_experiments():
     assert "Usage: python -m vislight" in proc.stdout
 
 
-@pytest.mark.parametrize("arg", ["--help", "model=bogus"])
-def test_help_and_an_unknown_option_answer_without_importing_the_pipeline(arg):
-    """Hydra answers these before ``main`` runs: torch and Lightning (seconds to import) are never
-    loaded."""
+@pytest.mark.parametrize(
+    ("arg", "exit_code"),
+    [
+        ("--help", 0),
+        ("model=bogus", 1),
+        ("masks.smooth.lr=-1", 2),
+        ("cluster.preference_factor=[1,-2]", 2),
+    ],
+)
+def test_help_an_unknown_option_and_a_bad_number_answer_without_importing_the_pipeline(
+    arg, exit_code
+):
+    """Hydra answers the first two before ``main`` runs, and ``main`` checks the numbers' ranges
+    first: torch and Lightning (seconds to import) are never loaded."""
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['vislight', {arg!r}]\n"
@@ -49,7 +59,10 @@ def test_help_and_an_unknown_option_answer_without_importing_the_pipeline(arg):
         timeout=60,
     )
     last = (proc.stderr.splitlines() or [""])[-1]
-    assert last == f"exit {0 if arg == '--help' else 1} imported []", proc.stderr[-2000:]
+    assert last == f"exit {exit_code} imported []", proc.stderr[-2000:]
+    if exit_code == 2:  # one line naming the key, no traceback
+        assert f"vislight: error: {arg.split('=')[0]}" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
 
 
 def test_tiny_run_writes_the_run_folder(tiny_cli_runs):

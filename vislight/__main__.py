@@ -1,8 +1,9 @@
 """``python -m vislight [experiment=NAME] [overrides]``: the Hydra entry point.
 
 The pipeline (torch, Lightning) is imported inside :func:`main`, after Hydra has composed the
-config: ``--help``, an unknown config option or a key that does not exist answer in about a
-second, not after the seconds Lightning takes to import (bad values are checked by the pipeline).
+config: ``--help``, an unknown config option, a key that does not exist or a number out of its
+range (:mod:`vislight.config_ranges`) answer in about a second, not after the seconds Lightning
+takes to import (the pipeline checks the other values).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from vislight import CONF_DIR
+from vislight.config_ranges import check_ranges
 from vislight.errors import ConfigError
 
 log = logging.getLogger("vislight")
@@ -27,6 +29,10 @@ log = logging.getLogger("vislight")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Run one job; returns the metric to optimise (``objective`` if configured, else ``accuracy``)."""
+    try:  # before torch and Lightning are imported: a number out of range answers at once
+        check_ranges(cfg)
+    except ConfigError as e:
+        _exit(f"error: {e}", 2)
     from vislight.distributed import global_rank
     from vislight.pipeline import assign_job_device
 

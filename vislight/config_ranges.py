@@ -179,8 +179,9 @@ RANGES: dict[str, Range] = {
     "similarity.approx_above": COUNT0,  # 0 = always the approximate index
     "similarity.nprobe": COUNT,
     # cluster: affinity propagation and pruning (conf/cluster/default.yaml).
-    # one number; a list (the factors scanned) is checked by vislight/summaries/cluster.py
+    # one number, or a list of them: the factors scanned (vislight/summaries/cluster.py)
     "cluster.preference_factor": POSITIVE,
+    "cluster.preference_factor[]": POSITIVE,
     "cluster.damping": Range(0.5, 1, upper_open=True),
     "cluster.max_iter": COUNT,
     "cluster.convergence_iter": COUNT,
