@@ -16,15 +16,18 @@ the drop when its selected area is blurred, by the same blur) and mean area.
 test photos; ``cub``: EfficientNet-Lite0 on CUB test photos; ``random``: a zoo model with random
 weights on random images (speed only; drops are meaningless). Prints one JSON line with
 passes_per_image, images_per_s, paper_images_per_s, torchray_images_per_s, speedup_vs_paper,
-speedup_vs_torchray, overhead_ratio (ours / bare), batched_speedup (ours / one at a time) and the
-rows; with --out, appends it to that file.
+speedup_vs_torchray, overhead_ratio (ours / bare), batched_speedup (ours / one at a time), the
+rows and its provenance (command, commit, machine, date, wall seconds); with --out, appends it to
+that file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import time
 from dataclasses import replace
 
@@ -136,6 +139,7 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--out", default=None, help="append the JSON line to this file")
     args = ap.parse_args()
+    start = time.time()
     torch.set_flush_denormal(True)
     device = pick_device(args.device)
     if args.world == "random":
@@ -205,6 +209,7 @@ def main() -> None:
         rows["torchray extremal perturbation (defaults)"] = tr
     ours_ips = n / med["ours"]
     line = {
+        "command": shlex.join(["python", "experiments/bench_masks.py", *sys.argv[1:]]),
         "world": args.world,
         "model": model_name,
         "device": device_label(device),
@@ -228,6 +233,8 @@ def main() -> None:
         "rounds": args.rounds,
         "seconds": {k: [round(s, 2) for s in v] for k, v in times.items()}
         | {"loop": round(t_loop, 2)},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_s": round(time.time() - start, 1),
     }
     text = json.dumps(line)
     print(text)
