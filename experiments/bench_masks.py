@@ -16,8 +16,9 @@ the drop when its selected area is blurred, by the same blur) and mean area.
 test photos; ``cub``: EfficientNet-Lite0 on CUB test photos; ``random``: a zoo model with random
 weights on random images (speed only; drops are meaningless). Prints one JSON line with
 passes_per_image, images_per_s, paper_images_per_s, torchray_images_per_s, speedup_vs_paper,
-speedup_vs_torchray, overhead_ratio (ours / bare), batched_speedup (ours / one at a time), the
-rows and its provenance (command, commit, machine, date, wall seconds); with --out, appends it to
+speedup_vs_torchray, overhead_ratio (ours / bare), batched_speedup (ours / one at a time),
+channels_last_speedup (ours in the channels-last layout / ours; its row also gives the median
+salient-set IoU of its masks with ours: they differ by float rounding only), the rows and its provenance (command, commit, machine, date, wall seconds); with --out, appends it to
 that file.
 """
 
@@ -31,8 +32,10 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
 from jobs import commit, machine
+from mask_convergence import salient_iou
 from zoo_model import device_label, load_world, mask_config, pick_device, random_zoo_model
 
 from vislight.masks.optimize import SCORING_PASSES, network_scores, optimize_masks
@@ -61,7 +64,7 @@ def timed(fn, device) -> tuple[float, object]:
 
 
 def ours(model, x, t, cfg, batch):
-    """Our optimiser over ``x`` in batches; (drop, area, passes) per image."""
+    """Our optimiser over ``x`` in batches; (drop, area, passes) per image and the sharp masks."""
     rs = [
         optimize_masks(model, x[s : s + batch], t[s : s + batch], cfg)
         for s in range(0, len(x), batch)
@@ -70,7 +73,13 @@ def ours(model, x, t, cfg, batch):
         torch.cat([r.drop for r in rs]),
         torch.cat([r.area for r in rs]),
         torch.cat([r.iterations for r in rs]).float() + SCORING_PASSES,
+        torch.cat([r.sharp for r in rs]),
     )
+
+
+def memory_format(model, channels_last: bool):
+    """``model`` with its weights in channels-last (or the default contiguous) layout, in place."""
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def bare(model, x, t, cfg, batch, passes):
@@ -164,12 +173,23 @@ def main() -> None:
     warm = replace(
         new, smooth=replace(new.smooth, iterations=2), sharp=replace(new.sharp, iterations=1)
     )
+    memory_format(model, args.channels_last)
     ours(model, x[:2], t[:2], warm, args.batch)
-    times = {"ours": [], "paper": [], "bare": []}
+    # Without --channels-last, ours is also timed in the channels-last layout (same schedule):
+    # its speed, and how far float rounding moves its masks (salient-set IoU with the others).
+    cl = None if args.channels_last else replace(new, channels_last=True)
+    times = {"ours": [], "paper": [], "bare": []} | ({"channels_last": []} if cl else {})
     for _ in range(args.rounds):  # alternate so that machine noise hits every row alike
-        sec, (drop, area, passes) = timed(lambda: ours(model, x, t, new, args.batch), device)
+        sec, (drop, area, passes, masks) = timed(lambda: ours(model, x, t, new, args.batch), device)
         times["ours"].append(sec)
-        sec, (p_drop, p_area, p_passes) = timed(
+        if cl is not None:
+            memory_format(model, True)
+            sec, (c_drop, c_area, _, c_masks) = timed(
+                lambda: ours(model, x, t, cl, args.batch), device
+            )
+            memory_format(model, False)
+            times["channels_last"].append(sec)
+        sec, (p_drop, p_area, p_passes, _) = timed(
             lambda: ours(model, x, t, paper, args.batch), device
         )
         times["paper"].append(sec)
@@ -198,6 +218,21 @@ def main() -> None:
             "passes_per_image": round(float(passes.mean()), 1),
             "images_per_s": round(n / med["bare"], 4),
         },
+        **(
+            {
+                "ours (default), channels-last": {
+                    "passes_per_image": round(float(passes.mean()), 1),
+                    "images_per_s": round(n / med["channels_last"], 4),
+                    "mean_drop": round(float(c_drop.mean()), 4),
+                    "mean_area": round(float(c_area.mean()), 4),
+                    "salient_iou_with_default_median": round(
+                        float(np.median(salient_iou(c_masks, masks))), 4
+                    ),
+                }
+            }
+            if cl is not None
+            else {}
+        ),
         "ours, one image at a time": {
             "passes_per_image": round(float(passes.mean()), 1),
             "images_per_s": round(n_loop / t_loop, 4),
@@ -228,6 +263,7 @@ def main() -> None:
         "speedup_vs_torchray": round(ours_ips / tr["images_per_s"], 2) if tr else None,
         "overhead_ratio": round(med["ours"] / med["bare"], 3),
         "batched_speedup": round(ours_ips / (n_loop / t_loop), 3),
+        "channels_last_speedup": round(med["ours"] / med["channels_last"], 3) if cl else None,
         "rows": rows,
         "torchray_skipped": reason,
         "rounds": args.rounds,
