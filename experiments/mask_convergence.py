@@ -1,11 +1,14 @@
 """Where the paper's mask schedule stops gaining, and a cheaper one checked on unseen images.
 
-Two phases, on different images:
+Two phases, on different images, and probes on the first one's:
 
     python experiments/mask_convergence.py choose   # development data: synthetic val split,
                                                     # CUB albatross *train* photos (Lite0)
     python experiments/mask_convergence.py verify   # held out: synthetic test split, CUB albatross
                                                     # + indigo bunting *test* photos, CIFAR-10 test
+    python experiments/mask_convergence.py probes   # development data again: what the pass budget
+                                                    # costs, passes moved between the stages, Adam
+                                                    # variants, and float rounding (channels-last)
     options: --per-class N (images per class), --cub-per-class N, --floor-images N, --out DIR
 
 For each world the paper's schedule (conf/masks/paper.yaml: 300 smooth + 150 sharp iterations at
@@ -15,7 +18,9 @@ with the paper's final masks (drop, area, binarisation, salient-set IoU, network
 The noise floor of that IoU is the paper schedule against itself with its starting disc jittered by
 1e-4 (a change that should not matter). ``choose`` applies RULE to the CANDIDATES (each a list of
 command-line overrides of the masks config) and prints the choice; ``verify`` runs only the shipped
-default (conf/masks/default.yaml) against the paper's. Each world's masks config is composed with
+default (conf/masks/default.yaml) against the paper's. ``probes`` runs PROBES: one change each to
+the default, none of them a candidate (the reasons are in its results). Each world's masks config
+is composed with
 the experiment that explains it (the synthetic world's blur is wider than the photos'), exactly as
 ``python -m vislight experiment=...`` would run it.
 
@@ -88,6 +93,26 @@ CANDIDATES = {
         "masks.early_stopping.min_iou=0.95",
     ],
 }
+# `probes`: one change each to the shipped default (results/mask_convergence_probes.md).
+PROBES = {
+    "default": [],
+    # the issue's budget: at most 120 passes per CUB photo, and 113 for 4x the paper's 453
+    "smooth 87 (<= 120 passes)": ["masks.smooth.iterations=87"],
+    "smooth 80 (<= 113 passes)": ["masks.smooth.iterations=80"],
+    # passes moved between the stages, or added
+    "smooth 100 + sharp 20": ["masks.smooth.iterations=100", "masks.sharp.iterations=20"],
+    "smooth 90 + sharp 45": ["masks.sharp.iterations=45"],
+    "smooth 120 + sharp 30": ["masks.smooth.iterations=120"],
+    # Adam in the smooth stage: an earlier switch, a longer memory after it
+    "smooth beta2 switch after 5": ["masks.smooth.beta2_after=5"],
+    "smooth beta2 0.95 after the switch": ["masks.smooth.beta2=0.95"],
+    # the sharp stage: the same beta2 switch, a smaller step
+    "sharp beta2 0.999 -> 0.9 after 10": ["masks.sharp.beta2=0.9", "masks.sharp.beta2_after=10"],
+    "sharp lr 0.05": ["masks.sharp.lr=0.05"],
+    # float rounding only: the network in the channels-last layout (same schedule, other sums)
+    "default, channels-last": ["masks.channels_last=true"],
+    "paper, channels-last": ["masks=paper", "masks.channels_last=true"],
+}
 RULE = (
     "the cheapest candidate (fewest network passes per image) whose drop is within 0.01 of the "
     "paper schedule's and whose area is within 15% of it on every development world, and, on the "
@@ -121,7 +146,7 @@ def worlds(phase: str, per_class: int, cub_per_class: int) -> dict[str, dict]:
     """World name -> vislight overrides (the experiment that explains that world, so the masks
     config is the one its runs use: the blur differs between 64-px and 224-px images) and images
     per class for ``phase``."""
-    if phase == "choose":
+    if phase in ("choose", "probes"):
         return {
             "synth (val split)": {
                 "overrides": ["experiment=synth_summaries", "data.split=val"],
@@ -167,6 +192,7 @@ def salient_iou(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 def run_schedule(model, x, t, cfg: MaskConfig, batch: int, record: bool = False):
     """Masks of all images in batches; with ``record``, the scored masks at CHECKPOINTS."""
     results, snaps = [], []
+    model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     for s in range(0, len(x), batch):
         seen: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -314,6 +340,14 @@ def write_md(result: dict, path: Path) -> None:
                 f"| {r.get('iou_with_paper_median', 1.0)} | {r.get('area_vs_paper', 0.0):+.1%} "
                 f"| {r.get('drop_vs_paper', 0.0):+.4f} | {r['seconds']} |"
             )
+        if result["phase"] == "probes" and w["real_photos"]:
+            floor = w["floor"]["iou_median"]
+            at = [
+                f"{sname} ({r['passes_per_image']} passes)"
+                for sname, r in w["schedules"].items()
+                if sname != "paper" and r["iou_with_paper_median"] >= floor
+            ]
+            lines += ["", f"At or above the noise floor ({floor}): {', '.join(at) or 'none'}."]
         lines += [
             "",
             "Paper schedule along its iterations:",
@@ -331,7 +365,7 @@ def write_md(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("phase", choices=["choose", "verify"])
+    ap.add_argument("phase", choices=["choose", "verify", "probes"])
     ap.add_argument("--per-class", type=int, default=8, help="synthetic images per class")
     ap.add_argument("--cub-per-class", type=int, default=8, help="CUB photos per explained class")
     ap.add_argument(
@@ -344,7 +378,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args()
     t_start = time.perf_counter()
-    schedules = CANDIDATES if args.phase == "choose" else {"default": []}
+    schedules = {"choose": CANDIDATES, "probes": PROBES}.get(args.phase, {"default": []})
     result: dict = {
         "phase": args.phase,
         "command": " ".join(["python", "experiments/mask_convergence.py", *sys.argv[1:]]),
@@ -408,7 +442,7 @@ def main() -> None:
             if ok
             else None
         )
-    else:
+    elif args.phase == "verify":
         result["checks"] = {name: checks(w, "default") for name, w in result["worlds"].items()}
     result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     out = Path(args.out)
