@@ -31,7 +31,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def config_fingerprint(cfg: MaskConfig) -> str:
-    """Hash of the settings that change a mask: channels_last never does, float32 precision keeps
+    """Hash of the settings that change a mask. channels_last is left out: it changes masks only
+    through float rounding, as the batch an image was optimised in does. float32 precision keeps
     the fingerprint masks had before the option existed, so their caches stay valid."""
     d = asdict(cfg)
     d.pop("channels_last")

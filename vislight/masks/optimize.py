@@ -72,7 +72,8 @@ class MaskConfig:
     # Network forward/backward in this precision ("32" or "bf16" autocast); masks, Adam state and
     # energies stay float32.
     precision: str = "32"
-    # Feed the network channels-last tensors (faster convolutions on recent GPUs; same results).
+    # Feed the network channels-last tensors (faster convolutions on some models and devices; the
+    # same masks up to float rounding).
     channels_last: bool = False
 
     @classmethod
