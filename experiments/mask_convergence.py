@@ -85,6 +85,21 @@ CANDIDATES = {
         "masks.early_stopping.enabled=true",
         "masks.early_stopping.min_iou=0.95",
     ],
+    # the budget of 120 passes per CUB photo, and 113 (4x fewer than the paper's 453)
+    "beta2 switch, <= 87+30, stop at IoU .98": [
+        *BETA2_SWITCH,
+        "masks.smooth.iterations=87",
+        "masks.sharp.iterations=30",
+        "masks.early_stopping.enabled=true",
+        "masks.early_stopping.min_iou=0.98",
+    ],
+    "beta2 switch, <= 80+30, stop at IoU .98": [
+        *BETA2_SWITCH,
+        "masks.smooth.iterations=80",
+        "masks.sharp.iterations=30",
+        "masks.early_stopping.enabled=true",
+        "masks.early_stopping.min_iou=0.98",
+    ],
     "beta2 switch, <= 80+40, stop at IoU .95": [
         *BETA2_SWITCH,
         "masks.smooth.iterations=80",
