@@ -19,7 +19,7 @@ The noise floor of that IoU is the paper schedule against itself with its starti
 1e-4 (a change that should not matter). ``choose`` applies RULE to the CANDIDATES (each a list of
 command-line overrides of the masks config) and prints the choice; ``verify`` runs only the shipped
 default (conf/masks/default.yaml) against the paper's. ``probes`` runs PROBES: one change each to
-the default, none of them a candidate (the reasons are in its results). Each world's masks config
+the default (the two pass-budget rows are also ``choose`` candidates). Each world's masks config
 is composed with
 the experiment that explains it (the synthetic world's blur is wider than the photos'), exactly as
 ``python -m vislight experiment=...`` would run it.
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from jobs import ROOT, commit, machine, write_md_keeping_notes
-from zoo_model import load_world, mask_config
+from zoo_model import load_world, mask_config, memory_format, salient_iou
 
 import vislight.masks.optimize as optimize_module
 from vislight.masks.optimize import SCORING_PASSES, MaskConfig, optimize_masks
@@ -197,17 +197,11 @@ def worlds(phase: str, per_class: int, cub_per_class: int) -> dict[str, dict]:
     }
 
 
-def salient_iou(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """(N,) IoU of the salient sets (mask < 0.5) of two (N, 1, H, W) masks; 1 when both empty."""
-    sa, sb = (a < 0.5).flatten(1), (b < 0.5).flatten(1)
-    inter, union = (sa & sb).sum(1).float(), (sa | sb).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).cpu().numpy()
-
-
 def run_schedule(model, x, t, cfg: MaskConfig, batch: int, record: bool = False):
-    """Masks of all images in batches; with ``record``, the scored masks at CHECKPOINTS."""
+    """Masks of all images in batches; with ``record``, the scored masks at CHECKPOINTS. Puts
+    ``model``'s weights in the layout ``cfg.channels_last`` names, in place."""
     results, snaps = [], []
-    model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    memory_format(model, cfg.channels_last)
     for s in range(0, len(x), batch):
         seen: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -1,10 +1,12 @@
 """What the mask benchmarks share: a zoo model with random weights on a device, a trained model
-with its correctly classified images (through the pipeline's own stages), and device names."""
+with its correctly classified images (through the pipeline's own stages), device names, the
+model's memory layout and the salient-set IoU of two sets of masks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
@@ -23,6 +25,18 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def memory_format(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    """``model`` with its weights in channels-last (or the default contiguous) layout, in place."""
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def salient_iou(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """(N,) IoU of the salient sets (mask < 0.5) of two (N, 1, H, W) masks; 1 when both empty."""
+    sa, sb = (a < 0.5).flatten(1), (b < 0.5).flatten(1)
+    inter, union = (sa & sb).sum(1).float(), (sa | sb).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).cpu().numpy()
 
 
 def device_label(device: torch.device) -> str:

@@ -35,13 +35,13 @@ def test_help_lists_the_experiments():
     ],
 )
 def test_help_an_unknown_option_and_a_bad_number_answer_without_importing_the_pipeline(
-    arg, exit_code
+    arg, exit_code, tmp_path
 ):
     """Hydra answers the first two before ``main`` runs, and ``main`` checks the numbers' ranges
     first: torch and Lightning (seconds to import) are never loaded."""
     code = (
         "import runpy, sys\n"
-        f"sys.argv = ['vislight', {arg!r}]\n"
+        f"sys.argv = ['vislight', {arg!r}, {f'paths.output_dir={tmp_path}/run'!r}]\n"
         "try:\n"
         "    runpy.run_module('vislight', run_name='__main__')\n"
         "except SystemExit as e:\n"

@@ -32,6 +32,8 @@ def main(cfg: DictConfig) -> float | None:
     try:  # before torch and Lightning are imported: a number out of range answers at once
         check_ranges(cfg)
     except ConfigError as e:
+        if os.environ.get("VISLIGHT_DEBUG"):
+            raise
         _exit(f"error: {e}", 2)
     from vislight.distributed import global_rank
     from vislight.pipeline import assign_job_device

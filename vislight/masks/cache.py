@@ -31,11 +31,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def config_fingerprint(cfg: MaskConfig) -> str:
-    """Hash of the settings that change a mask. channels_last is left out: it changes masks only
-    through float rounding, as the batch an image was optimised in does. float32 precision keeps
-    the fingerprint masks had before the option existed, so their caches stay valid."""
+    """Hash of the settings that change a mask. bf16 and the channels-last layout change masks
+    through float rounding, which the optimisation amplifies on photos, so their masks are cached
+    apart. The defaults (float32, channels_last false) keep the fingerprint masks had before these
+    options existed, so their caches stay valid."""
     d = asdict(cfg)
-    d.pop("channels_last")
+    if not d["channels_last"]:
+        d.pop("channels_last")
     if d["precision"] == "32":
         d.pop("precision")
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
