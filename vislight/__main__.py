@@ -32,9 +32,7 @@ def main(cfg: DictConfig) -> float | None:
     try:  # before torch and Lightning are imported: a number out of range answers at once
         check_ranges(cfg)
     except ConfigError as e:
-        if os.environ.get("VISLIGHT_DEBUG"):
-            raise
-        _exit(f"error: {e}", 2)
+        _refuse(e)
     from vislight.distributed import global_rank
     from vislight.pipeline import assign_job_device
 
@@ -68,9 +66,7 @@ def run_or_exit(cfg: DictConfig) -> dict:
     except RunInterrupted as stop:
         _exit(str(stop), stop.exit_code)
     except (ConfigError, MissingWeightsError, FileNotFoundError, ValueError) as e:
-        if os.environ.get("VISLIGHT_DEBUG"):
-            raise
-        _exit(f"error: {e}", 2)
+        _refuse(e)
     except OSError as e:
         if os.environ.get("VISLIGHT_DEBUG") or not (
             isinstance(e, WriteError) or e.errno in WRITE_ERRNOS
@@ -79,6 +75,14 @@ def run_or_exit(cfg: DictConfig) -> dict:
         if not isinstance(e, WriteError):  # a write outside vislight.io (Lightning's checkpoints)
             e = write_error(Path(e.filename or cfg.paths.output_dir), e)
         _exit(f"error: {e}", 1)
+
+
+def _refuse(error: Exception) -> NoReturn:
+    """Exit 2 with one line naming a bad config value or input (``VISLIGHT_DEBUG=1``: re-raise it,
+    traceback and all)."""
+    if os.environ.get("VISLIGHT_DEBUG"):
+        raise error
+    _exit(f"error: {error}", 2)
 
 
 def _exit(message: str, code: int) -> NoReturn:
