@@ -21,7 +21,7 @@ with every part but the shared body removed; it prints the measures below for a 
     reused), their test photos that no summary was made from: pointing game of every found
     summary's box against the keypoints of its tag's part group, beside the same game for a box
     of the same size centred on Grad-CAM's peak.
-Writes results/apply_{dev,study}.{json,md} with command, commit, machine and wall time.
+Writes results/apply_{dev,study}.{json,md} with command, commit, machine, wall time and mask schedule.
 """
 
 from __future__ import annotations
@@ -37,7 +37,15 @@ import numpy as np
 import torch
 from cub_parts_study import EVAL_CLASSES, SUMMARY_STAGES, class_names, quoted
 from cub_parts_study import RUNS as CUB_RUNS
-from jobs import ROOT, commit, machine, run_job, write_md_keeping_notes
+from jobs import (
+    ROOT,
+    commit,
+    machine,
+    provenance_line,
+    run_job,
+    schedule_of,
+    write_md_keeping_notes,
+)
 
 from vislight.apply.core import (
     ApplySettings,
@@ -333,8 +341,7 @@ def fmt(v) -> str:
 
 def write(name: str, result: dict, lines: list[str]) -> None:
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    head = [f"# {name}", "", f"`{result['command']}` at {result['commit']} on {result['machine']}, "
-            f"{result['wall_seconds']} s ({result['date']}).", ""]  # fmt: skip
+    head = ["# " + name, "", provenance_line(result), ""]
     write_md_keeping_notes(OUT / f"{name}.md", head + lines)
 
 
@@ -354,6 +361,7 @@ def main() -> None:
     if args.study == "dev":
         result = dev(args, facts)
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        result["mask_schedule"] = schedule_of(RUNS / "synth_val")
         first = next(iter(result["grid"].values()))
         keys = (
             "pointing_game",
@@ -377,6 +385,7 @@ def main() -> None:
     else:
         result = evaluate(args, facts)
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        result["mask_schedule"] = schedule_of(RUNS / "synth")
         syn, sc = result["synth"], result["shortcut"]
         lines = ["Targets: pointing game >= 0.9, false positives <= 0.1, watermark found >= 0.9 "
                  "with / <= 0.1 without, atypical flagged >= 0.8, typical flagged <= 0.1.", "",

@@ -14,8 +14,15 @@ import json
 import shutil
 import sys
 
-from jobs import ROOT, commit, run_study, study_args, vislight_command, write_md_keeping_notes
-from summaries_study import schedule_of
+from jobs import (
+    ROOT,
+    commit,
+    run_study,
+    schedule_of,
+    study_args,
+    vislight_command,
+    write_md_keeping_notes,
+)
 
 from vislight.run_folder import RunFolder
 

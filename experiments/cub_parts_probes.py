@@ -55,8 +55,15 @@ from cub_parts_study import (
     watermark_cells,
     watermark_heads,
 )
-from jobs import ROOT, commit, machine, provenance_line, run_job, write_md_keeping_notes
-from summaries_study import schedule_of
+from jobs import (
+    ROOT,
+    commit,
+    machine,
+    provenance_line,
+    run_job,
+    schedule_of,
+    write_md_keeping_notes,
+)
 
 from vislight.run_folder import RunFolder
 from vislight.summaries.regionset import RegionSet

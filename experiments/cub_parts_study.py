@@ -34,9 +34,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from jobs import ROOT, commit, machine, provenance_line, run_job, write_md_keeping_notes
+from jobs import (
+    ROOT,
+    commit,
+    machine,
+    provenance_line,
+    run_job,
+    schedule_of,
+    write_md_keeping_notes,
+)
 from omegaconf import OmegaConf
-from summaries_study import schedule_of
 
 from vislight.evaluation.tagging import BACKGROUND_TAG
 from vislight.run_folder import RunFolder

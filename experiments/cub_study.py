@@ -25,8 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jobs import ROOT, commit, machine, run_job, write_md_keeping_notes
-from summaries_study import schedule_of
+from jobs import ROOT, commit, machine, run_job, schedule_of, write_md_keeping_notes
 
 from vislight.run_folder import RunFolder
 from vislight.summaries.stage import HEADLINE_MEASURES

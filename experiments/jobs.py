@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from vislight.masks.optimize import MaskConfig
 from vislight.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,12 +85,19 @@ def commit() -> str:
     ).stdout.strip()
 
 
+def schedule_of(run_dir: Path) -> str:
+    """The mask schedule a run used, from its config.yaml."""
+    return MaskConfig.from_cfg(OmegaConf.load(RunFolder(run_dir).config).masks).describe()
+
+
 def provenance_line(facts: dict) -> str:
-    """A result's first line: its command, commit, machine, wall time and date."""
-    return (
+    """A result's first line: its command, commit, machine, wall time and date, then its mask
+    schedule where ``facts`` names one (``mask_schedule``)."""
+    line = (
         f"`{facts['command']}` at {facts['commit']} on {facts['machine']}, "
         f"{facts['wall_seconds']:.0f} s ({facts['date']})."
     )
+    return line + (f" Masks: {facts['mask_schedule']}." if facts.get("mask_schedule") else "")
 
 
 def write_md_keeping_notes(path: Path, lines: Sequence[str]) -> None:

@@ -1,5 +1,6 @@
 """Specialisation studies: run ``python -m vislight experiment=specialize_<study>`` and commit its
-held-out results (per group and over groups, every seed) with the command, machine and wall time.
+held-out results (per group and over groups, every seed) with the command, machine, wall time
+and mask schedule.
 
     python experiments/specialize_study.py synth   # weak small_cnn on the synthetic world
     python experiments/specialize_study.py cub     # EfficientNet-Lite0 linear probe, CUB 001-040 (../shared)
@@ -25,6 +26,7 @@ from jobs import (
     machine,
     provenance_line,
     run_study,
+    schedule_of,
     study_args,
     vislight_command,
 )
@@ -128,7 +130,8 @@ def markdown(metrics: dict, summaries: dict, facts: dict) -> str:
         f"Command: `{facts['command']}`  ",
         f"Commit: {facts.get('commit', '–')}  ",
         f"Machine: {facts['machine']}  ",
-        f"Wall time: {facts['wall_seconds']:.0f} s ({facts['date']})",
+        f"Wall time: {facts['wall_seconds']:.0f} s ({facts['date']})  ",
+        f"Mask schedule: {facts['mask_schedule']}",
         "",
     ]
     return "\n".join(lines)
@@ -170,7 +173,8 @@ def select(extra: list[str]) -> int:
     record = {"command": " ".join(["python experiments/specialize_study.py cub_select", *extra]),
               "commit": commit(), "machine": machine(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "wall_seconds": round(time.perf_counter() - t0, 1), "rule": SELECT_RULE,
+              "wall_seconds": round(time.perf_counter() - t0, 1),
+              "mask_schedule": schedule_of(run_dir), "rule": SELECT_RULE,
               "chosen": chosen, "variants": rows}  # fmt: skip
     out = ROOT / "experiments" / "results" / "specialize_cub_select"
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
@@ -218,7 +222,8 @@ def main() -> int:
         return 1
     metrics = json.loads(metrics_file.read_text())
     summaries = json.loads(RunFolder(run_dir).summaries.read_text())
-    facts = {"experiment": f"specialize_{study}", "commit": commit(), **facts}
+    facts = {"experiment": f"specialize_{study}", "commit": commit(), **facts,
+             "mask_schedule": schedule_of(run_dir)}  # fmt: skip
     out = ROOT / "experiments" / "results" / f"specialize_{study}"
     record = {
         **facts,

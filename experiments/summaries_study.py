@@ -21,20 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs import commit, machine, vislight_command, write_md_keeping_notes
-from omegaconf import OmegaConf
+from jobs import commit, machine, schedule_of, vislight_command, write_md_keeping_notes
 
-from vislight.masks.optimize import MaskConfig
 from vislight.run_folder import RunFolder
 
 
 def run_job(out: Path, overrides: list[str]) -> None:
     subprocess.run(vislight_command(f"paths.output_dir={out}", *overrides), check=True)
-
-
-def schedule_of(run_dir: Path) -> str:
-    """The mask schedule a run used, from its config.yaml."""
-    return MaskConfig.from_cfg(OmegaConf.load(RunFolder(run_dir).config).masks).describe()
 
 
 def load(run_dir: Path) -> tuple[dict, dict]:

@@ -19,8 +19,15 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from jobs import ROOT, commit, machine, provenance_line, run_job, write_md_keeping_notes
-from summaries_study import schedule_of
+from jobs import (
+    ROOT,
+    commit,
+    machine,
+    provenance_line,
+    run_job,
+    schedule_of,
+    write_md_keeping_notes,
+)
 
 RUNS = ROOT / "outputs" / "studies" / "vit_synth"
 OUT = ROOT / "experiments" / "results"
