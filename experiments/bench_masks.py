@@ -35,17 +35,17 @@ from dataclasses import replace
 import numpy as np
 import torch
 from jobs import commit, machine
+from mask_convergence import run_schedule
 from zoo_model import (
     device_label,
     load_world,
     mask_config,
-    memory_format,
     pick_device,
     random_zoo_model,
     salient_iou,
 )
 
-from vislight.masks.optimize import SCORING_PASSES, network_scores, optimize_masks
+from vislight.masks.optimize import SCORING_PASSES, network_scores
 from vislight.masks.perturbation import gaussian_blur, perturb, scaled_blur
 
 # The explained model and the images of each world, by the experiment that explains it (its masks
@@ -71,17 +71,10 @@ def timed(fn, device) -> tuple[float, object]:
 
 
 def ours(model, x, t, cfg, batch):
-    """Our optimiser over ``x`` in batches; (drop, area, passes) per image and the sharp masks."""
-    rs = [
-        optimize_masks(model, x[s : s + batch], t[s : s + batch], cfg)
-        for s in range(0, len(x), batch)
-    ]
-    return (
-        torch.cat([r.drop for r in rs]),
-        torch.cat([r.area for r in rs]),
-        torch.cat([r.iterations for r in rs]).float() + SCORING_PASSES,
-        torch.cat([r.sharp for r in rs]),
-    )
+    """Our optimiser over ``x`` in batches (``run_schedule`` of the convergence study, which also
+    puts the weights in ``cfg``'s layout); (drop, area, passes) per image and the sharp masks."""
+    r = run_schedule(model, x, t, cfg, batch)
+    return r["drop"], r["area"], r["iterations"].float() + SCORING_PASSES, r["sharp"]
 
 
 def bare(model, x, t, cfg, batch, passes):
@@ -179,20 +172,16 @@ def main() -> None:
     # its speed, and how far float rounding moves its masks (salient-set IoU with the others).
     cl = None if args.channels_last else replace(new, channels_last=True)
     if cl is not None:
-        memory_format(model, True)
         ours(model, x[:2], t[:2], replace(warm, channels_last=True), args.batch)
-    memory_format(model, args.channels_last)
     ours(model, x[:2], t[:2], warm, args.batch)
     times = {"ours": [], "paper": [], "bare": []} | ({"channels_last": []} if cl else {})
     for _ in range(args.rounds):  # alternate so that machine noise hits every row alike
         sec, (drop, area, passes, masks) = timed(lambda: ours(model, x, t, new, args.batch), device)
         times["ours"].append(sec)
         if cl is not None:
-            memory_format(model, True)
             sec, (c_drop, c_area, c_passes, c_masks) = timed(
                 lambda: ours(model, x, t, cl, args.batch), device
             )
-            memory_format(model, False)
             times["channels_last"].append(sec)
         sec, (p_drop, p_area, p_passes, _) = timed(
             lambda: ours(model, x, t, paper, args.batch), device
