@@ -187,6 +187,8 @@ def main() -> None:
             lambda: ours(model, x, t, paper, args.batch), device
         )
         times["paper"].append(sec)
+        # bare (and, after the rounds, the one-at-a-time and TorchRay rows) run in the layout the
+        # paper row left: args.channels_last, as `new`
         n_passes = round(float(passes.mean()))
         sec, _ = timed(
             lambda n_passes=n_passes: bare(model, x, t, new, args.batch, n_passes), device

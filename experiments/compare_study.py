@@ -1,5 +1,6 @@
 """Architecture-comparison studies: run ``python -m vislight -m experiment=compare_<study>`` and
-commit its comparison (table, plot, correlations) with the exact command, machine and wall time.
+commit its comparison (table, plot, correlations) with the exact command, commit, machine, wall time
+and mask schedule.
 
     python experiments/compare_study.py synth        # 4 CNNs of graded accuracy, synthetic world
     python experiments/compare_study.py cifar        # CIFAR-10 ResNet-20/32/44/56 (../shared)

@@ -1,5 +1,6 @@
 """What the study scripts share: the ``python -m vislight`` command line they run, their
-command-line arguments, and running one study with its command, machine and wall time."""
+command-line arguments, running one study with its command, machine and wall time, and a result's
+provenance (commit, the mask schedule a run used, the first line of its Markdown)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,6 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from vislight.masks.optimize import MaskConfig
 from vislight.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +85,10 @@ def commit() -> str:
 
 def schedule_of(run_dir: Path) -> str:
     """The mask schedule a run used, from its config.yaml."""
+    from omegaconf import OmegaConf
+
+    from vislight.masks.optimize import MaskConfig  # imports torch: only when asked
+
     return MaskConfig.from_cfg(OmegaConf.load(RunFolder(run_dir).config).masks).describe()
 
 

@@ -9,22 +9,22 @@ Two phases, on different images, and probes on the first one's:
     python experiments/mask_convergence.py probes   # development data again: what the pass budget
                                                     # costs, passes moved between the stages, Adam
                                                     # variants, and float rounding (channels-last)
-    options: --per-class N (images per class), --cub-per-class N, --floor-images N, --out DIR
+    options: --per-class N (images per class), --cub-per-class N, --floor-images N, --batch N,
+             --out DIR
 
 For each world the paper's schedule (conf/masks/paper.yaml: 300 smooth + 150 sharp iterations at
 lr 0.1) is run once with its trajectory recorded at checkpoints (salient-set IoU with its own final
 mask, drop of the scored mask, area, binarisation), then each candidate schedule is run and compared
 with the paper's final masks (drop, area, binarisation, salient-set IoU, network passes per image).
 The noise floor of that IoU is the paper schedule against itself with its starting disc jittered by
-1e-4 (a change that should not matter); when it runs on every image (the default), each row also
-gives its median IoU minus the floor's with a 95% bootstrap interval (images resampled, paired).
-``choose`` applies RULE to the CANDIDATES (each a list of
-command-line overrides of the masks config) and prints the choice; ``verify`` runs only the shipped
-default (conf/masks/default.yaml) against the paper's. ``probes`` runs PROBES: one change each to
-the default (the two pass-budget rows are also ``choose`` candidates). Each world's masks config
-is composed with
-the experiment that explains it (the synthetic world's blur is wider than the photos'), exactly as
-``python -m vislight experiment=...`` would run it.
+1e-4 (a change that should not matter); when it runs on every image (the default), each
+candidate's row also gives its median IoU minus the floor's with a 95% bootstrap interval (images
+resampled, paired). ``choose`` applies RULE to the CANDIDATES (each a list of command-line
+overrides of the masks config) and prints the choice; ``verify`` runs only the shipped default
+(conf/masks/default.yaml) against the paper's. ``probes`` runs PROBES: one change each to the
+default (the two pass-budget rows are also ``choose`` candidates). Each world's masks config is
+composed with the experiment that explains it (the synthetic world's blur is wider than the
+photos'), exactly as ``python -m vislight experiment=...`` would run it.
 
 Writes mask_convergence_<phase>.{json,md} and mask_convergence_<phase>.png to --out (default
 experiments/results); a "## Notes" section written by hand in the .md survives a rerun.
